@@ -1,0 +1,3 @@
+from client._main import main
+
+main()

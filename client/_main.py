@@ -1,0 +1,271 @@
+"""``mig``: the command line. It talks only to the local daemon, over the Unix socket in its state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from client import _render
+from client._connect import Daemon, connect, rpc_error
+from migrated._paths import resolve_state_dir
+from migrated.errors import AppFileError, MigError
+from migrated.transport.v1 import control_pb2 as pb
+
+__all__ = ["cli", "main"]
+
+DETACH_HELP = "Ctrl-D or Ctrl-C detaches and leaves the app running."
+
+
+class Context:
+    """The state directory and a lazily made daemon connection."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._daemon: Daemon | None = None
+
+    @property
+    def daemon(self) -> Daemon:
+        """The connection, autostarting a daemon unless ``MIG_NO_AUTOSTART=1``."""
+        if self._daemon is None:
+            autostart = os.environ.get("MIG_NO_AUTOSTART", "") not in ("1", "true", "yes")
+            self._daemon = connect(self.state_dir, autostart=autostart)
+        return self._daemon
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--dir",
+    "state_dir",
+    metavar="DIR",
+    help="State directory (default: $MIG_DIR or ~/.local/state/migrated).",
+)
+@click.pass_context
+def cli(ctx: click.Context, state_dir: str | None) -> None:
+    """Run Python apps that can be checkpointed and moved between machines."""
+    ctx.obj = Context(resolve_state_dir(state_dir))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("target", metavar="FILE.py[:Class]")
+@click.option("--name", help="The app's name (default: the file name without .py).")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def run(ctx: Context, target: str, name: str | None, args: tuple[str, ...]) -> None:
+    """Start an app from FILE.py (arguments after -- go to the app as self.args)."""
+    file, app_class = _split_target(target)
+    path = Path(file).expanduser().absolute()
+    if not path.is_file():
+        raise AppFileError(f"{file} does not exist or is not a file; give the path of an app's .py file")
+    request = pb.RunRequest(
+        file=str(path),
+        app_class=app_class,
+        name=name or "",
+        cwd=os.getcwd(),
+        args=list(args),
+        kind=pb.APP_KIND_SCRIPT,
+    )
+    info = ctx.daemon.call(ctx.daemon.stub.Run, request)
+    click.echo(f"started {info.name} (pid {info.pid}); follow it with: mig logs -f {info.name}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-d", "--detach", is_flag=True, help="Start the session without attaching to it.")
+@pass_ctx
+def repl(ctx: Context, name: str, detach: bool) -> None:
+    """Start (or rejoin) a managed interactive Python session called NAME."""
+    daemon = ctx.daemon
+    try:
+        daemon.call(daemon.stub.Get, pb.AppRef(name=name))
+    except MigError as exc:
+        if exc.exit_code != 3:
+            raise
+        request = pb.RunRequest(name=name, cwd=os.getcwd(), kind=pb.APP_KIND_REPL)
+        info = daemon.call(daemon.stub.Run, request)
+        click.echo(f"started repl {info.name} (pid {info.pid})", err=True)
+    if not detach:
+        _attach(daemon, name)
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+def attach(ctx: Context, name: str) -> None:
+    """Connect this terminal to an app: its output here, lines typed go to its on_input."""
+    _attach(ctx.daemon, name)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("text", nargs=-1, required=True)
+@pass_ctx
+def send(ctx: Context, name: str, text: tuple[str, ...]) -> None:
+    """Send one line of input (TEXT, words joined by spaces) to an app's on_input."""
+    ctx.daemon.call(ctx.daemon.stub.Send, pb.SendRequest(name=name, text=" ".join(text)))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the app ends.")
+@click.option("-n", "--tail", type=int, default=0, help="Only the last N lines.")
+@pass_ctx
+def logs(ctx: Context, name: str, follow: bool, tail: int) -> None:
+    """Print an app's console output."""
+    daemon = ctx.daemon
+    request = pb.LogsRequest(name=name, follow=follow, tail=max(0, tail))
+    for _ in _print_console(daemon, request):
+        pass
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def ps(ctx: Context, as_json: bool) -> None:
+    """List the apps: running, exited and crashed."""
+    reply = ctx.daemon.call(ctx.daemon.stub.List, pb.ListRequest())
+    if as_json:
+        click.echo(json.dumps([_render.app_json(app) for app in reply.apps], indent=2))
+    else:
+        _render.app_table(list(reply.apps))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="SIGKILL at once instead of letting on_stop run.")
+@pass_ctx
+def kill(ctx: Context, name: str, force: bool) -> None:
+    """Stop a running app (on_stop runs, unless --force)."""
+    info = ctx.daemon.call(ctx.daemon.stub.Kill, pb.KillRequest(name=name, force=force))
+    click.echo(f"{info.name} {_render.state_name(info.state)}: {info.reason}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Kill the app first if it runs.")
+@pass_ctx
+def rm(ctx: Context, name: str, force: bool) -> None:
+    """Forget an app that no longer runs, with its console log."""
+    ctx.daemon.call(ctx.daemon.stub.Remove, pb.RemoveRequest(name=name, force=force))
+    click.echo(f"removed {name}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Show the daemon: host, version, state directory, apps."""
+    reply = ctx.daemon.call(ctx.daemon.stub.Status, pb.StatusRequest())
+    if as_json:
+        click.echo(json.dumps(_render.status_json(reply), indent=2))
+    else:
+        _render.status_text(reply)
+
+
+@cli.command()
+@pass_ctx
+def shutdown(ctx: Context) -> None:
+    """Stop the daemon (running apps are stopped first)."""
+    ctx.daemon.call(ctx.daemon.stub.Shutdown, pb.ShutdownRequest())
+    click.echo(f"the daemon for {ctx.state_dir} is stopping")
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    file, sep, cls = target.rpartition(":")
+    if sep and cls.isidentifier() and file:
+        return file, cls
+    return target, ""
+
+
+def _print_console(daemon: Daemon, request: pb.LogsRequest) -> Iterator[pb.ConsoleBatch]:
+    """Write console batches to stdout; yield each batch."""
+    out = sys.stdout.buffer
+    stream = daemon.stub.Logs(request)
+    try:
+        for batch in stream:
+            if batch.dropped:
+                out.write(f"[migrated] {batch.dropped} earlier lines are no longer kept\n".encode())
+            out.write(b"".join(line.data for line in batch.lines))
+            out.flush()
+            yield batch
+    except Exception as exc:
+        if hasattr(exc, "code"):
+            raise rpc_error(exc, daemon.state_dir) from None  # type: ignore[arg-type]
+        raise
+    finally:
+        stream.cancel()  # type: ignore[no-untyped-call]
+
+
+def _attach(daemon: Daemon, name: str) -> None:
+    """Stream output here and send typed lines until detach or the app ends."""
+    daemon.call(daemon.stub.Get, pb.AppRef(name=name))
+    if sys.stdin.isatty():
+        click.echo(f"attached to {name}; {DETACH_HELP}", err=True)
+    ended = threading.Event()
+    failure: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            for _ in _print_console(daemon, pb.LogsRequest(name=name, follow=True)):
+                pass
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            ended.set()
+
+    threading.Thread(target=follow, daemon=True, name="attach-output").start()
+    detached = _forward_input(daemon, name, ended)
+    if detached:
+        ended.wait(0.3)  # let output that answers the last line arrive
+        click.echo(f"\ndetached from {name}; it keeps running (mig attach {name} to come back)", err=True)
+    elif failure and isinstance(failure[0], MigError):
+        raise failure[0]
+
+
+def _forward_input(daemon: Daemon, name: str, ended: threading.Event) -> bool:
+    """Send stdin lines until EOF or Ctrl-C (True: detached) or the app ends (False)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True, name="attach-input").start()
+    try:
+        while not ended.is_set():
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if line is None:
+                return True
+            daemon.call(daemon.stub.Send, pb.SendRequest(name=name, text=line))
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+def _run(command: Callable[[], Any]) -> None:
+    try:
+        command()
+    except MigError as exc:
+        click.echo(f"mig: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def main() -> None:
+    """Entry point of the ``mig`` console script."""
+    _run(lambda: cli(standalone_mode=True))

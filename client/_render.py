@@ -1,0 +1,103 @@
+"""How the command line shows apps and the daemon: JSON documents and rich tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from migrated.transport.v1 import control_pb2 as pb
+
+__all__ = ["app_json", "app_table", "state_name", "status_json", "status_text"]
+
+
+def state_name(state: pb.AppState.ValueType) -> str:
+    """``APP_STATE_RUNNING`` -> ``running``."""
+    return pb.AppState.Name(state).removeprefix("APP_STATE_").lower()
+
+
+def _iso(timestamp: float) -> str | None:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat() if timestamp else None
+
+
+def app_json(app: pb.AppInfo) -> dict[str, Any]:
+    """One app as ``mig ps --json`` shows it."""
+    return {
+        "name": app.name,
+        "state": state_name(app.state),
+        "kind": pb.AppKind.Name(app.kind).removeprefix("APP_KIND_").lower(),
+        "host": app.host,
+        "home": app.home,
+        "version": app.version or None,
+        "pid": app.pid or None,
+        "file": app.file or None,
+        "app_class": app.app_class or None,
+        "cwd": app.cwd,
+        "args": list(app.args),
+        "started_at": _iso(app.started_at),
+        "ended_at": _iso(app.ended_at),
+        "exit_code": app.exit_code if app.ended_at else None,
+        "reason": app.reason or None,
+        "console_lines": app.console_seq,
+    }
+
+
+def _age(since: float) -> str:
+    seconds = max(0, int(time.time() - since))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def app_table(apps: list[pb.AppInfo]) -> None:
+    """Print apps as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("NAME", "STATE", "HOST", "HOME", "PID", "VERSION", "AGE", "DETAIL"):
+        table.add_column(column)
+    for app in apps:
+        state = state_name(app.state)
+        detail = app.reason if app.ended_at else ""
+        table.add_row(
+            app.name,
+            state,
+            app.host,
+            app.home,
+            str(app.pid) if app.pid else "-",
+            str(app.version) if app.version else "-",
+            _age(app.started_at),
+            detail,
+        )
+    if not apps:
+        print("no apps; start one with: mig run FILE.py")
+        return
+    Console().print(table)
+
+
+def status_json(reply: pb.StatusReply) -> dict[str, Any]:
+    """The daemon as ``mig status --json`` shows it."""
+    return {
+        "host": reply.host,
+        "version": reply.version,
+        "pid": reply.pid,
+        "state_dir": reply.state_dir,
+        "started_at": _iso(reply.started_at),
+        "apps_running": reply.apps_running,
+        "apps_total": reply.apps_total,
+        "rss_bytes": reply.rss_bytes,
+    }
+
+
+def status_text(reply: pb.StatusReply) -> None:
+    """Print the daemon's status."""
+    print(f"host        {reply.host}")
+    print(f"version     {reply.version}")
+    print(f"pid         {reply.pid}")
+    print(f"state dir   {reply.state_dir}")
+    print(f"up          {_age(reply.started_at)}")
+    print(f"apps        {reply.apps_running} running, {reply.apps_total} in all")
+    print(f"memory      {reply.rss_bytes / 2**20:.1f} MiB")

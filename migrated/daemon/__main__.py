@@ -1,0 +1,3 @@
+from migrated.daemon._main import main
+
+main()

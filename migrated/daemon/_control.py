@@ -1,0 +1,143 @@
+"""The Control service: what the ``mig`` command line asks of its own daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc.aio
+
+import migrated
+from migrated.daemon._apps import AppRecord, AppSpec, AppTable, State
+from migrated.errors import AppFileError, UsageError
+from migrated.transport.v1 import control_pb2 as pb
+from migrated.transport.v1 import control_pb2_grpc
+
+__all__ = ["ControlService"]
+
+_STATES = {
+    State.STARTING: pb.APP_STATE_STARTING,
+    State.RUNNING: pb.APP_STATE_RUNNING,
+    State.STOPPING: pb.APP_STATE_STOPPING,
+    State.EXITED: pb.APP_STATE_EXITED,
+    State.CRASHED: pb.APP_STATE_CRASHED,
+}
+_KINDS = {"script": pb.APP_KIND_SCRIPT, "repl": pb.APP_KIND_REPL}
+BATCH_LINES = 8192
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ControlService(control_pb2_grpc.ControlServicer):
+    """Serves the control API from the app table."""
+
+    def __init__(self, apps: AppTable, host: str, state_dir: str, shutdown: Callable[[], None]) -> None:
+        self.apps = apps
+        self.host = host
+        self.state_dir = state_dir
+        self.started_at = time.time()
+        self._shutdown = shutdown
+
+    def info(self, record: AppRecord) -> pb.AppInfo:
+        """The wire form of an app."""
+        spec = record.spec
+        return pb.AppInfo(
+            name=spec.name,
+            state=_STATES[record.state],
+            kind=_KINDS[spec.kind],
+            host=self.host,
+            home=self.host,
+            pid=record.pid,
+            file=spec.file,
+            app_class=record.app_class or spec.app_class,
+            cwd=spec.cwd,
+            args=list(spec.args),
+            started_at=record.started_at,
+            ended_at=record.ended_at,
+            exit_code=record.exit_code,
+            reason=record.reason,
+            console_seq=record.console.log.next_seq - 1,
+        )
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
+        apps = list(self.apps)
+        return pb.StatusReply(
+            host=self.host,
+            version=migrated.__version__,
+            pid=os.getpid(),
+            state_dir=self.state_dir,
+            started_at=self.started_at,
+            apps_running=sum(record.running for record in apps),
+            apps_total=len(apps),
+            rss_bytes=_rss_bytes(),
+        )
+
+    async def Run(self, request: pb.RunRequest, context: Context) -> pb.AppInfo:
+        spec = _spec(request)
+        return self.info(await self.apps.run(spec))
+
+    async def List(self, request: pb.ListRequest, context: Context) -> pb.ListReply:
+        return pb.ListReply(apps=[self.info(record) for record in self.apps])
+
+    async def Get(self, request: pb.AppRef, context: Context) -> pb.AppInfo:
+        return self.info(self.apps.get(request.name))
+
+    async def Kill(self, request: pb.KillRequest, context: Context) -> pb.AppInfo:
+        return self.info(await self.apps.stop(request.name, force=request.force))
+
+    async def Remove(self, request: pb.RemoveRequest, context: Context) -> pb.RemoveReply:
+        await self.apps.remove(request.name, force=request.force)
+        return pb.RemoveReply()
+
+    async def Send(self, request: pb.SendRequest, context: Context) -> pb.SendReply:
+        await self.apps.send(request.name, request.text)
+        return pb.SendReply()
+
+    async def Logs(self, request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.ConsoleBatch]:
+        record = self.apps.get(request.name)
+        console = record.console
+        since = request.since or (console.log.tail_start(request.tail) if request.tail else 0)
+        while True:
+            read = console.log.read(since, BATCH_LINES)
+            if read.lines or read.dropped:
+                lines = [pb.ConsoleLine(seq=seq, data=data) for seq, data in read.lines]
+                yield pb.ConsoleBatch(lines=lines, dropped=read.dropped)
+            since = read.next_seq
+            if since < console.log.next_seq:
+                continue
+            if not request.follow or console.closed:
+                break
+            await console.wait_beyond(since)
+        if request.follow:
+            yield pb.ConsoleBatch(app=self.info(record))
+
+    async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownReply:
+        asyncio.get_running_loop().call_soon(self._shutdown)
+        return pb.ShutdownReply()
+
+
+def _spec(request: pb.RunRequest) -> AppSpec:
+    kind = "repl" if request.kind == pb.APP_KIND_REPL else "script"
+    if kind == "script" and not request.file:
+        raise UsageError("no app file was given; mig run FILE.py")
+    if kind == "script" and not os.path.isabs(request.file):
+        raise AppFileError(f"{request.file} is not an absolute path; the command line sends absolute paths")
+    name = request.name or (os.path.splitext(os.path.basename(request.file))[0] if request.file else "")
+    if not name:
+        raise UsageError("a repl needs a name; mig repl NAME")
+    return AppSpec(
+        name=name,
+        kind=kind,
+        file=request.file,
+        app_class=request.app_class,
+        cwd=request.cwd or os.getcwd(),
+        args=tuple(request.args),
+    )
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,170 @@
+"""A runner process seen from the daemon: spawn it, load the app, pump its console, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from migrated.daemon._console import Console
+from migrated.errors import RunnerError, error_class
+from migrated.runtime import _wire
+
+__all__ = ["Outcome", "Runner"]
+
+LOAD_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a runner ended, as it reported it (or as its exit status shows)."""
+
+    crashed: bool
+    exit_code: int
+    reason: str
+
+
+class Runner:
+    """One runner process and the daemon's end of its socket."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.proc = proc
+        self._reader = reader
+        self._writer = writer
+        self._decoder = _wire.FrameDecoder()
+        self._frames: list[_wire.Frame] = []
+        self._last_report: _wire.Frame | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The runner's process id."""
+        return self.proc.pid
+
+    @classmethod
+    async def spawn(cls, cwd: str) -> Runner:
+        """Start a runner process in ``cwd``."""
+        parent, child = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "migrated.runtime._runner",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=cwd,
+                start_new_session=True,
+                env=_runner_env(),
+            )
+        except OSError as exc:
+            parent.close()
+            raise RunnerError(f"cannot start a runner process in {cwd}: {exc.strerror or exc}") from None
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        return cls(proc, reader, writer)
+
+    async def load(self, spec: dict[str, Any], console: Console) -> str:
+        """Send the app to load; return its class name, or raise the error the runner reported."""
+        self._writer.write(_wire.encode_json(_wire.Kind.LOAD, spec))
+        await self._writer.drain()
+        pump = asyncio.create_task(self.pump(console))
+        try:
+            frame = await asyncio.wait_for(self._next_frame(), LOAD_TIMEOUT)
+        except TimeoutError:
+            await self.kill()
+            raise RunnerError(f"the app took more than {LOAD_TIMEOUT:.0f} s to load; check its imports") from None
+        if frame is not None and frame.kind is _wire.Kind.LOADED:
+            self._pump = pump
+            return str(frame.json().get("app_class", ""))
+        await self.kill()
+        await pump
+        if frame is not None and frame.kind is _wire.Kind.FAILED:
+            body = frame.json()
+            raise error_class(str(body.get("error")))(str(body.get("message")))
+        code = self.proc.returncode
+        tail = b"".join(data for _, data in console.log.read(console.log.tail_start(5)).lines)
+        detail = tail.decode(errors="replace").strip().replace("\n", " | ")
+        raise RunnerError(
+            f"the runner ended while loading the app (exit status {code})"
+            + (f": {detail}" if detail else "")
+            + "; fix the app's module-level code and run again"
+        )
+
+    async def pump(self, console: Console) -> None:
+        """Copy the runner's output into the console until the runner closes it."""
+        assert self.proc.stdout is not None
+        while data := await self.proc.stdout.read(65536):
+            await console.write(data)
+
+    async def wait(self) -> Outcome:
+        """Wait for the runner to end (its output drained) and say how it ended."""
+        while (frame := await self._next_frame()) is not None:
+            if frame.kind in (_wire.Kind.EXITED, _wire.Kind.CRASHED):
+                self._last_report = frame
+        if self._pump is not None:
+            await self._pump
+        code = await self.proc.wait()
+        self._writer.close()
+        return self._outcome(code)
+
+    def _outcome(self, code: int) -> Outcome:
+        report = self._last_report
+        if report is not None and report.kind is _wire.Kind.EXITED:
+            body = report.json()
+            return Outcome(False, int(body.get("code", code)), str(body.get("reason", "exited")))
+        if report is not None:
+            return Outcome(True, code, str(report.json().get("reason", "crashed")))
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals.__members__.values() else str(-code)
+            return Outcome(True, code, f"the runner process was killed by {name}")
+        if code == 0:
+            return Outcome(False, 0, "the runner process ended with status 0")
+        return Outcome(True, code, f"the runner process ended with status {code} without a report")
+
+    async def send_input(self, line: str) -> None:
+        """Deliver one line to the app's ``on_input``."""
+        await self._send(_wire.encode(_wire.Kind.INPUT, line.encode()))
+
+    async def request_stop(self, reason: str) -> None:
+        """Ask the app to run ``on_stop`` and end."""
+        await self._send(_wire.encode_json(_wire.Kind.STOP, {"reason": reason}))
+
+    async def kill(self) -> None:
+        """Kill the runner's whole process group at once."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def _send(self, data: bytes) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _next_frame(self) -> _wire.Frame | None:
+        while not self._frames:
+            try:
+                data = await self._reader.read(65536)
+            except ConnectionError:
+                data = b""
+            if not data:
+                return None
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.pop(0)
+
+
+def _runner_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The runner line-buffers stdout itself; -u would cost a write per print call.
+    env.pop("PYTHONUNBUFFERED", None)
+    return env

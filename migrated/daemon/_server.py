@@ -1,0 +1,60 @@
+"""``serve()``: the daemon's task group, its control server on the Unix socket, and an orderly stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc.aio
+
+from migrated.daemon._apps import AppTable
+from migrated.daemon._control import ControlService
+from migrated.daemon._statedir import StateDir
+from migrated.transport._errors import ErrorInterceptor
+from migrated.transport.v1 import control_pb2_grpc
+
+__all__ = ["DaemonConfig", "serve"]
+
+log = logging.getLogger("migrated.daemon")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """How a daemon runs."""
+
+    state_dir: Path
+    host: str
+    console_lines: int = 100_000
+    console_bytes: int = 16 * 1024 * 1024
+
+
+async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) -> None:
+    """Run the daemon until SIGTERM, SIGINT or a Shutdown request; a crash of any part ends it loudly."""
+    state_dir = StateDir(config.state_dir)
+    state_dir.open()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            apps = AppTable(tasks, config.console_lines, config.console_bytes)
+            server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+            service = ControlService(apps, config.host, str(config.state_dir), stop.set)
+            control_pb2_grpc.add_ControlServicer_to_server(service, server)
+            server.add_insecure_port(f"unix:{state_dir.socket}")
+            await server.start()
+            log.info("serving %s on %s", config.host, state_dir.socket)
+            ready()
+            await stop.wait()
+            log.info("stopping")
+            await apps.stop_all("the daemon stopped")
+            await server.stop(grace=1.0)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        state_dir.close()

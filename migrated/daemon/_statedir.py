@@ -1,0 +1,70 @@
+"""The daemon's state directory: created private (0700), checked writable, locked by one daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from migrated._paths import socket_path, socket_path_fits
+from migrated.errors import DirectoryLockedError, StateDirError
+
+__all__ = ["StateDir"]
+
+
+class StateDir:
+    """An exclusively locked state directory; ``close()`` releases it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_fd = -1
+
+    @property
+    def socket(self) -> Path:
+        """The control socket path."""
+        return socket_path(self.path)
+
+    def open(self) -> None:
+        """Create the directory if needed, make it private, take the lock, clear a stale socket."""
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StateDirError(
+                f"cannot use {self.path} as the state directory ({exc.strerror or exc}); "
+                "choose another with --dir or $MIG_DIR, or fix its permissions"
+            ) from None
+        if not socket_path_fits(self.path):
+            raise StateDirError(
+                f"the state directory path {self.path} is too long for a Unix socket; choose a shorter --dir"
+            )
+        self._lock()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+    def _lock(self) -> None:
+        fd = os.open(self.path / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DirectoryLockedError(
+                f"another migrated (pid {owner}) already owns {self.path}; "
+                "stop it first or start this one with another --dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Remove the socket and release the lock."""
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

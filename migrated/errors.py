@@ -1,0 +1,140 @@
+"""The one exception tree of migrated.
+
+Every error a user can cause is a ``MigError`` whose message is one sentence saying what happened and what to
+do. Each class names its gRPC status code (by name, so that importing this module, which every app does, does
+not import grpc) and the exit code of the ``mig`` command line::
+
+    MigError                      UNKNOWN              1
+    ├── UsageError                INVALID_ARGUMENT     2
+    │   ├── AppFileError          INVALID_ARGUMENT     2   the app's file is missing or unreadable
+    │   ├── NotAnAppError         INVALID_ARGUMENT     2   the file defines no App subclass
+    │   ├── AmbiguousAppError     INVALID_ARGUMENT     2   several App subclasses and no :Class
+    │   └── AppCodeError          INVALID_ARGUMENT     2   the app's code fails to load (syntax error, ...)
+    ├── AppNotFoundError          NOT_FOUND            3
+    ├── AppExistsError            ALREADY_EXISTS       4
+    ├── AppStateError             FAILED_PRECONDITION  5   the app is not in a state that allows this
+    ├── DaemonError               UNAVAILABLE          6
+    │   └── DaemonNotRunningError UNAVAILABLE          6   no daemon answers on the socket
+    ├── StateDirError             FAILED_PRECONDITION  7   the state directory cannot be used
+    │   └── DirectoryLockedError  FAILED_PRECONDITION  7   another daemon owns the directory
+    └── RunnerError               INTERNAL             8   the runner process failed to start
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AmbiguousAppError",
+    "AppCodeError",
+    "AppExistsError",
+    "AppFileError",
+    "AppNotFoundError",
+    "AppStateError",
+    "DaemonError",
+    "DaemonNotRunningError",
+    "DirectoryLockedError",
+    "MigError",
+    "NotAnAppError",
+    "RunnerError",
+    "StateDirError",
+    "UsageError",
+    "error_class",
+]
+
+
+class MigError(Exception):
+    """Base of every error migrated reports to a user."""
+
+    grpc_status: ClassVar[str] = "UNKNOWN"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(MigError):
+    """The command was given something it cannot use."""
+
+    grpc_status = "INVALID_ARGUMENT"
+    exit_code = 2
+
+
+class AppFileError(UsageError):
+    """The app's file is missing or cannot be read."""
+
+
+class NotAnAppError(UsageError):
+    """The file defines no ``migrated.App`` subclass."""
+
+
+class AmbiguousAppError(UsageError):
+    """The file defines several App subclasses and none was chosen."""
+
+
+class AppCodeError(UsageError):
+    """The app's code fails to load (a syntax error, a failing import)."""
+
+
+class AppNotFoundError(MigError):
+    """No app has that name."""
+
+    grpc_status = "NOT_FOUND"
+    exit_code = 3
+
+
+class AppExistsError(MigError):
+    """An app with that name exists already."""
+
+    grpc_status = "ALREADY_EXISTS"
+    exit_code = 4
+
+
+class AppStateError(MigError):
+    """The app is not in a state that allows the request."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    exit_code = 5
+
+
+class DaemonError(MigError):
+    """The daemon cannot be reached or failed to answer."""
+
+    grpc_status = "UNAVAILABLE"
+    exit_code = 6
+
+
+class DaemonNotRunningError(DaemonError):
+    """No daemon answers on the state directory's socket."""
+
+
+class StateDirError(MigError):
+    """The state directory cannot be used."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    exit_code = 7
+
+
+class DirectoryLockedError(StateDirError):
+    """Another daemon owns the state directory."""
+
+
+class RunnerError(MigError):
+    """The runner process for an app failed to start or to answer."""
+
+    grpc_status = "INTERNAL"
+    exit_code = 8
+
+
+_BY_NAME: dict[str, type[MigError]] = {
+    cls.__name__: cls for cls in [MigError, *(globals()[name] for name in __all__ if name.endswith("Error"))]
+}
+
+
+def error_class(name: str) -> type[MigError]:
+    """Return the error class called ``name``, or ``MigError`` for a name this version does not know."""
+    return _BY_NAME.get(name, MigError)

@@ -1,0 +1,190 @@
+"""The runner: the OS process that hosts one app and drives its events.
+
+Started by the daemon as ``python -m migrated.runtime._runner FD`` with one end of a Unix socket pair as
+``FD``; stdout and stderr are a pipe the daemon reads as the app's console. The runner holds the only call
+stack: it calls one handler at a time, so between two events the app is quiescent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import io
+import os
+import selectors
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from migrated.errors import MigError
+from migrated.runtime import _wire
+from migrated.runtime._app import App
+from migrated.runtime._loader import load_app_class
+
+__all__ = ["main"]
+
+
+class Channel:
+    """Blocking frame I/O on the runner's end of the socket pair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._decoder = _wire.FrameDecoder()
+        self._frames: list[_wire.Frame] = []
+
+    def send(self, kind: _wire.Kind, value: dict[str, Any]) -> None:
+        """Send a JSON frame; a daemon that went away is ignored here and noticed by ``recv``."""
+        with contextlib.suppress(OSError):
+            self.sock.sendall(_wire.encode_json(kind, value))
+
+    def recv(self) -> _wire.Frame | None:
+        """Block for the next frame; ``None`` when the daemon closed its end."""
+        while not self._frames:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.pop(0)
+
+    def has_frame(self) -> bool:
+        """Whether a frame is already decoded and waiting."""
+        return bool(self._frames)
+
+
+class _Stop(Exception):
+    """The daemon asked the app to stop, or went away."""
+
+
+class Driver:
+    """Calls the app's handlers: start, then steps on their timer, with input and stop between them."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.app = App()
+        self.next_step: float | None = None
+
+    def run(self, make_app: Callable[[], App], first_run: bool = True) -> int:
+        """Build the app with ``make_app`` and drive it until it ends; return the runner's exit status."""
+        try:
+            self.app = self._call(make_app)
+            if type(self.app).step is not App.step:
+                self.next_step = time.monotonic()
+            self._call(self.app.start if first_run else self.app.on_restore)
+            while True:
+                self._wait_and_dispatch()
+        except _Stop as stop:
+            return self._stop(str(stop) or "stopped")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+            return self._stop(f"the app exited with code {code}", code)
+        except BaseException as exc:
+            return self._crash(exc)
+
+    def _wait_and_dispatch(self) -> None:
+        timeout = None if self.next_step is None else max(0.0, self.next_step - time.monotonic())
+        if self.channel.has_frame() or _readable(self.channel.sock, timeout):
+            self._dispatch(self.channel.recv())
+        elif self.next_step is not None:
+            self._step()
+
+    def _dispatch(self, frame: _wire.Frame | None) -> None:
+        if frame is None:
+            raise _Stop("the daemon went away")
+        if frame.kind is _wire.Kind.INPUT:
+            self._call(self.app.on_input, frame.text())
+        elif frame.kind is _wire.Kind.STOP:
+            raise _Stop(frame.json().get("reason", "stopped"))
+
+    def _step(self) -> None:
+        delay = self._call(self.app.step)
+        if delay is None:
+            self.next_step = None
+        else:
+            self.next_step = time.monotonic() + max(0.0, float(delay))
+
+    def _call(self, handler: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return handler(*args)
+        finally:
+            _flush()
+
+    def _stop(self, reason: str, code: int = 0) -> int:
+        try:
+            self._call(self.app.on_stop)
+        except SystemExit:
+            pass
+        except BaseException as exc:
+            return self._crash(exc)
+        self.channel.send(_wire.Kind.EXITED, {"code": code, "reason": reason})
+        return code
+
+    def _crash(self, exc: BaseException) -> int:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
+            tb = tb.tb_next
+        app_frames = traceback.extract_tb(tb)
+        where = f" at {os.path.basename(app_frames[-1].filename)} line {app_frames[-1].lineno}" if app_frames else ""
+        traceback.print_exception(type(exc), exc, tb)
+        _flush()
+        reason = f"{type(exc).__name__}: {exc}{where}"
+        self.channel.send(_wire.Kind.CRASHED, {"reason": reason})
+        return 1
+
+
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _readable(sock: socket.socket, timeout: float | None) -> bool:
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(timeout))
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _load(spec: dict[str, Any]) -> type[App]:
+    if spec.get("kind") == "repl":
+        from migrated.runtime._repl import Repl
+
+        return Repl
+    return load_app_class(spec["file"], spec.get("app_class", ""))
+
+
+def main(argv: list[str]) -> int:
+    """Run one app; ``argv[1]`` is the file descriptor of the socket to the daemon."""
+    faulthandler.enable()
+    sock = socket.socket(fileno=int(argv[1]))
+    channel = Channel(sock)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+    frame = channel.recv()
+    if frame is None or frame.kind is not _wire.Kind.LOAD:
+        return 2
+    spec = frame.json()
+    try:
+        cls = _load(spec)
+    except MigError as exc:
+        channel.send(_wire.Kind.FAILED, {"error": type(exc).__name__, "message": exc.message})
+        return 2
+    args = [str(arg) for arg in spec.get("args", [])]
+    channel.send(_wire.Kind.LOADED, {"app_class": cls.__qualname__})
+
+    def make_app() -> App:
+        app = cls()
+        app.args = args
+        return app
+
+    return Driver(channel).run(make_app)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,97 @@
+"""The runner protocol: length-prefixed frames on a Unix socket between a daemon and its runner.
+
+The runner must start in milliseconds, so it speaks this small protocol instead of gRPC (``import grpc``
+alone costs more than a thaw). A frame is a 5-byte header (payload length, kind) and the payload; control
+payloads are JSON objects, ``INPUT`` is UTF-8 text. This module is pure: no sockets.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["MAX_FRAME", "Frame", "FrameDecoder", "FrameError", "Kind", "encode", "encode_json"]
+
+_HEADER = struct.Struct("!IB")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class Kind(enum.IntEnum):
+    """What a frame carries, and who sends it."""
+
+    LOAD = 1  # daemon -> runner: {"file", "app_class", "name", "args", "kind"}
+    LOADED = 2  # runner -> daemon: {"app_class"}
+    FAILED = 3  # runner -> daemon: {"error", "message"}: the app could not be loaded
+    INPUT = 4  # daemon -> runner: one line of input (UTF-8)
+    STOP = 5  # daemon -> runner: call on_stop and end
+    EXITED = 6  # runner -> daemon: {"code", "reason"}
+    CRASHED = 7  # runner -> daemon: {"reason"}: a handler raised
+
+
+class FrameError(ValueError):
+    """The byte stream is not a valid sequence of frames."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame."""
+
+    kind: Kind
+    payload: bytes
+
+    def json(self) -> dict[str, Any]:
+        """Decode a JSON payload."""
+        value = json.loads(self.payload)
+        if not isinstance(value, dict):
+            raise FrameError(f"{self.kind.name} frame does not hold a JSON object")
+        return value
+
+    def text(self) -> str:
+        """Decode a UTF-8 payload."""
+        return self.payload.decode("utf-8", errors="replace")
+
+
+def encode(kind: Kind, payload: bytes = b"") -> bytes:
+    """Encode one frame."""
+    if len(payload) > MAX_FRAME:
+        raise FrameError(f"frame of {len(payload)} bytes exceeds the limit of {MAX_FRAME}")
+    return _HEADER.pack(len(payload), kind) + payload
+
+
+def encode_json(kind: Kind, value: dict[str, Any]) -> bytes:
+    """Encode one frame with a JSON object payload."""
+    return encode(kind, json.dumps(value, separators=(",", ":")).encode())
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes as they arrive, get whole frames back."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add bytes; return every frame now complete."""
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= _HEADER.size:
+            length, kind = _HEADER.unpack_from(self._buffer)
+            if length > MAX_FRAME:
+                raise FrameError(f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
+            try:
+                frame_kind = Kind(kind)
+            except ValueError:
+                raise FrameError(f"unknown frame kind {kind}") from None
+            end = _HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            frames.append(Frame(frame_kind, bytes(self._buffer[_HEADER.size : end])))
+            del self._buffer[:end]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a whole frame."""
+        return len(self._buffer)

@@ -1,0 +1,83 @@
+"""Map the exception tree onto gRPC: one server interceptor that turns errors into ``context.abort``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from migrated.errors import MigError
+
+__all__ = ["ERROR_KEY", "ErrorInterceptor", "status_of"]
+
+ERROR_KEY = "mig-error"
+log = logging.getLogger("migrated.transport")
+
+
+def status_of(error: MigError) -> grpc.StatusCode:
+    """The gRPC status code of an error."""
+    return grpc.StatusCode[error.grpc_status]
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    if isinstance(exc, MigError):
+        await context.abort(status_of(exc), exc.message, trailing_metadata=((ERROR_KEY, type(exc).__name__),))
+    log.exception("internal error")
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"the daemon failed with {type(exc).__name__}: {exc}; see daemon.log in its state directory",
+    )
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+    """Turn a ``MigError`` raised by a handler into a status with its message and class name."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _wrap_unary(inner: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return call
+
+
+def _wrap_stream(inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return call
