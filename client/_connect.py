@@ -146,4 +146,5 @@ def _last_error(state_dir: Path) -> str:
     for line in reversed(lines[-50:]):
         if line.startswith("migrated: "):
             return line.removeprefix("migrated: ")
-    return f"see {state_dir / 'daemon.log'}"
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f"{last} (see {state_dir / 'daemon.log'})" if last else f"see {state_dir / 'daemon.log'}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -32,7 +32,13 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) ->
     )
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # the stubs make it generic; the runtime class is not
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class ErrorInterceptor(_Interceptor):
     """Turn a ``MigError`` raised by a handler into a status with its message and class name."""
 
     async def intercept_service(
