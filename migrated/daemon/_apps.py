@@ -113,6 +113,8 @@ class AppTable:
             record.app_class = await record.runner.load(_load_spec(spec), record.console)
         except BaseException:
             del self._apps[spec.name]
+            if record.runner is not None:
+                record.runner.kill()  # also when the request was cancelled mid-load
             raise
         record.state = State.RUNNING
         self._tasks.create_task(self._watch(record, record.runner), name=f"watch {spec.name}")
@@ -145,7 +147,7 @@ class AppTable:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(record.ended.wait(), STOP_GRACE)
         if not record.ended.is_set():
-            await runner.kill()
+            runner.kill()
             await record.ended.wait()
         return record
 

@@ -82,12 +82,12 @@ class Runner:
         try:
             frame = await asyncio.wait_for(self._next_frame(), LOAD_TIMEOUT)
         except TimeoutError:
-            await self.kill()
+            self.kill()
             raise RunnerError(f"the app took more than {LOAD_TIMEOUT:.0f} s to load; check its imports") from None
         if frame is not None and frame.kind is _wire.Kind.LOADED:
             self._pump = pump
             return str(frame.json().get("app_class", ""))
-        await self.kill()
+        self.kill()
         await pump
         if frame is not None and frame.kind is _wire.Kind.FAILED:
             body = frame.json()
@@ -140,7 +140,7 @@ class Runner:
         """Ask the app to run ``on_stop`` and end."""
         await self._send(_wire.encode_json(_wire.Kind.STOP, {"reason": reason}))
 
-    async def kill(self) -> None:
+    def kill(self) -> None:
         """Kill the runner's whole process group at once."""
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -167,4 +167,5 @@ def _runner_env() -> dict[str, str]:
     env = dict(os.environ)
     # The runner line-buffers stdout itself; -u would cost a write per print call.
     env.pop("PYTHONUNBUFFERED", None)
+    env["MIG_DAEMON_PID"] = str(os.getpid())
     return env

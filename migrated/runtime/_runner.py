@@ -12,6 +12,7 @@ import faulthandler
 import io
 import os
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -159,8 +160,23 @@ def _load(spec: dict[str, Any]) -> type[App]:
     return load_app_class(spec["file"], spec.get("app_class", ""))
 
 
+def _tie_to_daemon() -> None:
+    """Die with the daemon (a runner must never outlive it) and be the OOM killer's first choice."""
+    daemon_pid = int(os.environ.get("MIG_DAEMON_PID", "0"))
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if daemon_pid and os.getppid() != daemon_pid:
+        os._exit(3)  # the daemon died before the death signal was armed
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adj:
+        adj.write("500")
+
+
 def main(argv: list[str]) -> int:
     """Run one app; ``argv[1]`` is the file descriptor of the socket to the daemon."""
+    _tie_to_daemon()
     faulthandler.enable()
     sock = socket.socket(fileno=int(argv[1]))
     channel = Channel(sock)
