@@ -122,6 +122,7 @@ class Daemon:
         self.dir = state_dir
         self.pid = pid
         self.proc = proc
+        self.log = state_dir / ("stderr.log" if proc is not None else "daemon.log")
 
     def mig(self, *args: str, **kwargs: Any) -> Result:
         """Run ``mig`` against this daemon."""
@@ -167,10 +168,10 @@ class Daemon:
 
     def stderr_log(self) -> str:
         """What the daemon wrote to its stderr (fixture daemons) or daemon.log (autostarted ones)."""
-        for name in ("stderr.log", "daemon.log"):
-            with contextlib.suppress(OSError):
-                return (self.dir / name).read_text(errors="replace")
-        return ""
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def stop(self) -> list[str]:
         """Shut the daemon down; return the problems seen (it would not stop, runners left over)."""
