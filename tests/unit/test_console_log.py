@@ -1,0 +1,144 @@
+"""ConsoleLog: numbered lines kept within bounds, read back from any point."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from migrated.daemon._console import ConsoleLog
+
+chunks = st.lists(st.binary(max_size=40), max_size=30)
+
+
+def read_all(log: ConsoleLog, since: int = 0, batch: int = 10_000) -> list[tuple[int, bytes]]:
+    """Read from ``since`` to the end, ``batch`` lines at a time."""
+    lines: list[tuple[int, bytes]] = []
+    while True:
+        read = log.read(since, batch)
+        lines += read.lines
+        if not read.lines:
+            return lines
+        since = read.next_seq
+
+
+def test_lines_are_numbered_from_one() -> None:
+    log = ConsoleLog()
+    assert (log.first_seq, log.next_seq) == (1, 1)
+    assert log.append(b"a\nb\n") == 2
+    assert log.append(b"c\n") == 1
+    read = log.read()
+    assert read.lines == [(1, b"a\n"), (2, b"b\n"), (3, b"c\n")]
+    assert read.dropped == 0
+    assert read.next_seq == log.next_seq == 4
+
+
+def test_a_trailing_partial_line_is_a_line_of_its_own() -> None:
+    log = ConsoleLog()
+    assert log.append(b"abc") == 1
+    assert log.append(b"def\nghi") == 2
+    assert log.read().lines == [(1, b"abc"), (2, b"def\n"), (3, b"ghi")]
+
+
+def test_nothing_appended_adds_no_line() -> None:
+    log = ConsoleLog()
+    assert log.append(b"") == 0
+    assert log.next_seq == 1
+    assert log.read().lines == []
+
+
+def test_the_line_bound_drops_the_oldest_lines() -> None:
+    log = ConsoleLog(max_lines=3)
+    log.append(b"1\n2\n3\n4\n5\n")
+    assert log.first_seq == 3
+    read = log.read()
+    assert read.lines == [(3, b"3\n"), (4, b"4\n"), (5, b"5\n")]
+    assert read.dropped == 2
+
+
+def test_the_byte_bound_drops_the_oldest_lines() -> None:
+    log = ConsoleLog(max_bytes=10)
+    for i in range(5):
+        log.append(f"ab{i}\n".encode())
+    assert [data for _, data in log.read().lines] == [b"ab3\n", b"ab4\n"]
+    assert log.read().dropped == 3
+
+
+def test_a_line_larger_than_the_byte_bound_is_still_kept() -> None:
+    log = ConsoleLog(max_bytes=4)
+    log.append(b"short\n")
+    log.append(b"x" * 100 + b"\n")
+    assert log.read().lines == [(2, b"x" * 100 + b"\n")]
+
+
+def test_read_since_a_dropped_line_says_how_many_are_gone() -> None:
+    log = ConsoleLog(max_lines=2)
+    log.append(b"1\n2\n3\n4\n")
+    read = log.read(since=2)
+    assert read.dropped == 1
+    assert read.lines == [(3, b"3\n"), (4, b"4\n")]
+    assert log.read(since=3).dropped == 0
+
+
+def test_read_since_the_end_is_empty() -> None:
+    log = ConsoleLog()
+    log.append(b"1\n2\n")
+    read = log.read(since=3)
+    assert (read.lines, read.dropped, read.next_seq) == ([], 0, 3)
+
+
+def test_read_honours_its_limit() -> None:
+    log = ConsoleLog()
+    log.append(b"1\n2\n3\n")
+    read = log.read(since=1, limit=2)
+    assert read.lines == [(1, b"1\n"), (2, b"2\n")]
+    assert read.next_seq == 3
+
+
+def test_tail_start() -> None:
+    log = ConsoleLog(max_lines=5)
+    log.append(b"".join(b"%d\n" % i for i in range(1, 9)))  # keeps 4..8
+    assert log.tail_start(2) == 7
+    assert log.tail_start(5) == 4
+    assert log.tail_start(50) == 4
+    assert log.tail_start(0) == log.next_seq == 9
+    assert [seq for seq, _ in log.read(log.tail_start(2)).lines] == [7, 8]
+
+
+def test_many_drops_keep_numbering_and_content() -> None:
+    log = ConsoleLog(max_lines=10)
+    for i in range(1, 10_001):
+        log.append(b"%d\n" % i)
+    assert log.first_seq == 9991
+    assert log.read().lines == [(i, b"%d\n" % i) for i in range(9991, 10_001)]
+    assert log.read().dropped == 9990
+
+
+@given(chunks, st.integers(min_value=1, max_value=7))
+def test_reading_back_in_any_batch_size_gives_what_was_appended(appended: list[bytes], batch: int) -> None:
+    log = ConsoleLog()
+    for data in appended:
+        log.append(data)
+    lines = read_all(log, batch=batch)
+    assert b"".join(data for _, data in lines) == b"".join(appended)
+    assert [seq for seq, _ in lines] == list(range(1, log.next_seq))
+    assert log.read().dropped == 0
+
+
+@given(chunks, st.integers(min_value=1, max_value=8), st.integers(min_value=1, max_value=60))
+def test_the_kept_lines_are_the_newest_within_bounds(appended: list[bytes], max_lines: int, max_bytes: int) -> None:
+    log = ConsoleLog(max_lines=max_lines, max_bytes=max_bytes)
+    everything: list[bytes] = []
+    for data in appended:
+        log.append(data)
+        everything += data.splitlines(keepends=True)
+    kept = log.read()
+    assert log.next_seq == len(everything) + 1
+    assert kept.lines == list(zip(range(log.first_seq, log.next_seq), everything[log.first_seq - 1 :], strict=True))
+    assert kept.dropped == log.first_seq - 1
+    kept_bytes = sum(len(data) for _, data in kept.lines)
+    if len(kept.lines) > 1:
+        assert len(kept.lines) <= max_lines
+        assert kept_bytes <= max_bytes
+    if kept.dropped:  # no line was dropped that fitted
+        newest_dropped = everything[log.first_seq - 2]
+        assert len(kept.lines) + 1 > max_lines or kept_bytes + len(newest_dropped) > max_bytes
