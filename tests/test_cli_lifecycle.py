@@ -450,3 +450,32 @@ def test_stopping_the_daemon_stops_apps_first(daemon: Daemon, app_dir: AppDir, h
     assert not Path(daemon.dir / "control.sock").exists()
     _, _, err = daemon.mig("status", check=6)
     assert str(daemon.dir) in err
+
+
+def test_an_app_that_exits_while_its_child_process_runs_is_shown_ended(shared_daemon: Daemon, app_dir: AppDir) -> None:
+    app = app_dir.write(
+        "parent.py",
+        """
+        import subprocess
+        import migrated
+
+        class Parent(migrated.App):
+            def start(self):
+                self.child = subprocess.Popen(["sleep", "60"])
+                print(f"child {self.child.pid}", flush=True)
+
+            def on_input(self, line):
+                self.exit(0)
+        """,
+    )
+    shared_daemon.mig("run", str(app))
+    child = int(shared_daemon.wait_logs("parent", "child ").split()[1])
+    try:
+        runner = shared_daemon.app("parent")["pid"]
+        shared_daemon.mig("send", "parent", "bye")
+        wait_until(lambda: not pid_alive(runner), 10, what="the runner to end")
+        entry = shared_daemon.wait_state("parent", "exited", "crashed", timeout=10)
+        assert entry["pid"] is None
+        assert entry["exit_code"] == 0
+    finally:
+        os.kill(child, signal.SIGKILL)
