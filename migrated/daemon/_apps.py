@@ -8,6 +8,7 @@ import enum
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,9 +82,11 @@ class AppRecord:
 class AppTable:
     """Every app this daemon knows, by name; watcher tasks run in the daemon's task group."""
 
-    def __init__(self, tasks: asyncio.TaskGroup, console_lines: int, console_bytes: int) -> None:
+    def __init__(self, tasks: asyncio.TaskGroup, console_dir: Path, console_lines: int, console_bytes: int) -> None:
         self._tasks = tasks
         self._apps: dict[str, AppRecord] = {}
+        self._console_dir = console_dir
+        shutil.rmtree(console_dir, ignore_errors=True)  # consoles of apps from an earlier daemon run
         self._console_lines = console_lines
         self._console_bytes = console_bytes
 
@@ -106,13 +109,15 @@ class AppTable:
                 f"an app called {spec.name!r} exists already ({state}); choose another with --name "
                 f"or remove it with mig rm {spec.name}"
             )
-        record = AppRecord(spec, Console(self._console_lines, self._console_bytes))
+        console = Console(self._console_lines, self._console_bytes, self._console_dir / spec.name)
+        record = AppRecord(spec, console)
         self._apps[spec.name] = record
         try:
             record.runner = await Runner.spawn(spec.cwd)
             record.app_class = await record.runner.load(_load_spec(spec), record.console)
         except BaseException:
             del self._apps[spec.name]
+            console.destroy()
             if record.runner is not None:
                 record.runner.kill()  # also when the request was cancelled mid-load
             raise
@@ -161,6 +166,7 @@ class AppTable:
                 )
             await self.stop(name, force=True, reason="removed by mig rm --force")
         self._apps.pop(name, None)
+        record.console.destroy()
 
     async def send(self, name: str, text: str) -> None:
         """Deliver each line of ``text`` to the app's ``on_input``."""

@@ -1,11 +1,139 @@
-"""An app's console: sequence-numbered lines, kept within bounds, that followers read from any point."""
+"""An app's console: sequence-numbered lines, kept within bounds, that followers read from any point.
+
+``ConsoleLog`` is the index (which line numbers live in which block of bytes, and what the bounds drop); the
+bytes themselves live in a ``ConsoleStore``: segment files on disk for the daemon, memory in unit tests. So
+a console costs the daemon a few bytes of RAM per block, whatever it holds.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-__all__ = ["Console", "ConsoleLog", "ConsoleRead"]
+__all__ = ["Console", "ConsoleLog", "ConsoleRead", "FileStore", "MemoryStore", "split_lines"]
+
+SEGMENT_BYTES = 8 * 1024 * 1024
+MAX_RECORD = 1024 * 1024  # a longer line is kept as several records, so a batch stays bounded
+_COALESCE_BELOW = 64 * 1024
+PARTIAL_DELAY = 0.02  # a line without its newline is shown once output pauses this long
+
+
+class ConsoleStore(Protocol):
+    """Where console bytes live: numbered append-only segments."""
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        """Write ``data``; return (segment, offset). A new segment starts past ``SEGMENT_BYTES``."""
+        ...
+
+    def read(self, segment: int, offset: int, length: int) -> bytes:
+        """Read back bytes written earlier."""
+        ...
+
+    def drop_before(self, segment: int) -> None:
+        """Forget every segment older than ``segment``."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds open."""
+        ...
+
+
+class MemoryStore:
+    """Segments in memory (unit tests)."""
+
+    def __init__(self, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.segment_bytes = segment_bytes
+        self.segments: dict[int, bytearray] = {0: bytearray()}
+        self._current = 0
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        if len(self.segments[self._current]) >= self.segment_bytes:
+            self._current += 1
+            self.segments[self._current] = bytearray()
+        segment = self.segments[self._current]
+        offset = len(segment)
+        segment += data
+        return self._current, offset
+
+    def read(self, segment: int, offset: int, length: int) -> bytes:
+        return bytes(self.segments[segment][offset : offset + length])
+
+    def drop_before(self, segment: int) -> None:
+        for number in [n for n in self.segments if n < segment]:
+            del self.segments[number]
+
+    def close(self) -> None:
+        self.segments.clear()
+
+
+class FileStore:
+    """Segment files ``00000000.log``, ``00000001.log``, ... in a directory of their own."""
+
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, mode=0o700)
+        self._fds: dict[int, int] = {}
+        self._current = 0
+        self._size = 0
+        self._open(0)
+
+    def _open(self, segment: int) -> None:
+        path = self.directory / f"{segment:08d}.log"
+        self._fds[segment] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        if self._size >= self.segment_bytes:
+            self._current += 1
+            self._size = 0
+            self._open(self._current)
+        offset = self._size
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fds[self._current], view)
+            view = view[written:]
+        self._size += len(data)
+        return self._current, offset
+
+    def read(self, segment: int, offset: int, length: int) -> bytes:
+        return os.pread(self._fds[segment], length, offset)
+
+    def drop_before(self, segment: int) -> None:
+        for number in [n for n in self._fds if n < segment]:
+            os.close(self._fds.pop(number))
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"{number:08d}.log").unlink()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Split on ``\\n`` only, keeping it; a trailing piece without one is a line of its own."""
+    parts = data.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+@dataclass(slots=True)
+class _Block:
+    first_seq: int
+    lines: int
+    segment: int
+    offset: int
+    length: int
+    whole: bool  # ends with a newline, so more lines may be added to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,15 +146,26 @@ class ConsoleRead:
 
 
 class ConsoleLog:
-    """Numbered console lines (from 1), the oldest dropped past ``max_lines`` or ``max_bytes``. No I/O."""
+    """Numbered console lines (from 1); the oldest dropped past ``max_lines`` or ``max_bytes``.
 
-    def __init__(self, max_lines: int = 100_000, max_bytes: int = 16 * 1024 * 1024) -> None:
+    Output arrives in arbitrary pieces: whole lines are numbered at once, an unfinished line waits for its
+    newline until ``flush()`` (the caller flushes when output pauses).
+    """
+
+    def __init__(
+        self, max_lines: int = 1_000_000, max_bytes: int = 64 * 1024 * 1024, store: ConsoleStore | None = None
+    ) -> None:
         self.max_lines = max(1, max_lines)
         self.max_bytes = max(1, max_bytes)
-        self._lines: list[bytes] = []
-        self._head = 0  # index in _lines of the oldest kept line
-        self._first_seq = 1  # seq of _lines[_head]
-        self._bytes = 0
+        self.store: ConsoleStore = store if store is not None else MemoryStore()
+        self._blocks: list[_Block] = []
+        self._starts: list[int] = []  # first_seq of each block, for bisect
+        self._head = 0  # index of the oldest kept block
+        self._first_seq = 1
+        self._next_seq = 1
+        self._bytes = 0  # bytes of the lines kept
+        self._skip = 0  # bytes of the oldest block that belong to lines no longer kept
+        self._partial = b""
 
     @property
     def first_seq(self) -> int:
@@ -36,72 +175,195 @@ class ConsoleLog:
     @property
     def next_seq(self) -> int:
         """Sequence number the next line will get."""
-        return self._first_seq + len(self._lines) - self._head
+        return self._next_seq
+
+    @property
+    def partial(self) -> bytes:
+        """Output of an unfinished line, not numbered yet."""
+        return self._partial
+
+    @property
+    def at_line_start(self) -> bool:
+        """Whether the last numbered line ended with a newline (or there is none)."""
+        return not self._partial and (self._head == len(self._blocks) or self._blocks[-1].whole)
 
     def append(self, data: bytes) -> int:
-        """Add output (split into lines; a trailing partial line is a line of its own); return lines added."""
+        """Add output; number the lines it finishes; return how many."""
+        buffer = self._partial + data
+        cut = buffer.rfind(b"\n") + 1
+        self._partial = buffer[cut:]
+        added = self._commit(buffer[:cut])
+        while len(self._partial) > MAX_RECORD:
+            added += self._commit(self._partial[:MAX_RECORD])
+            self._partial = self._partial[MAX_RECORD:]
+        return added
+
+    def flush(self) -> int:
+        """Number an unfinished line as it is; return 1 if there was one."""
+        partial, self._partial = self._partial, b""
+        return self._commit(partial)
+
+    def _commit(self, data: bytes) -> int:
         if not data:
             return 0
-        parts = data.splitlines(keepends=True)
-        self._lines.extend(parts)
+        if len(data) > MAX_RECORD and any(len(line) > MAX_RECORD for line in split_lines(data)):
+            return sum(self._commit(piece) for piece in _pieces(data))
+        lines = data.count(b"\n") + (not data.endswith(b"\n"))
+        segment, offset = self.store.append(data)
+        last = self._blocks[-1] if self._head < len(self._blocks) else None
+        if (
+            last is not None
+            and last.whole
+            and last.segment == segment
+            and last.offset + last.length == offset
+            and last.length < _COALESCE_BELOW
+        ):
+            last.lines += lines
+            last.length += len(data)
+            last.whole = data.endswith(b"\n")
+        else:
+            block = _Block(self._next_seq, lines, segment, offset, len(data), data.endswith(b"\n"))
+            self._blocks.append(block)
+            self._starts.append(block.first_seq)
+        self._next_seq += lines
         self._bytes += len(data)
         self._trim()
-        return len(parts)
+        return lines
 
-    def read(self, since: int = 0, limit: int = 10_000) -> ConsoleRead:
-        """Lines from ``since`` on (0: from the oldest kept), at most ``limit``."""
+    def read(self, since: int = 0, limit: int = 10_000, max_bytes: int = 1 << 20) -> ConsoleRead:
+        """Lines from ``since`` on (0: from the oldest kept): at most ``limit`` lines and, unless one line alone
+        is longer, ``max_bytes`` bytes."""
         start_seq = max(since, self._first_seq) if since else self._first_seq
         dropped = max(0, self._first_seq - since) if since else self._first_seq - 1
-        start = self._head + (start_seq - self._first_seq)
-        chunk = self._lines[start : start + limit]
-        lines = list(zip(range(start_seq, start_seq + len(chunk)), chunk, strict=True))
-        return ConsoleRead(lines, dropped, start_seq + len(chunk))
+        if start_seq >= self._next_seq:
+            return ConsoleRead([], dropped, start_seq)
+        lines: list[tuple[int, bytes]] = []
+        size = 0
+        index = bisect.bisect_right(self._starts, start_seq, lo=self._head) - 1
+        seq = start_seq
+        while index < len(self._blocks) and len(lines) < limit and (size <= max_bytes or not lines):
+            block = self._blocks[index]
+            data = self.store.read(block.segment, block.offset, block.length)
+            for line in split_lines(data)[seq - block.first_seq :]:
+                if len(lines) >= limit or (lines and size + len(line) > max_bytes):
+                    return ConsoleRead(lines, dropped, seq)
+                lines.append((seq, line))
+                size += len(line)
+                seq += 1
+            index += 1
+        return ConsoleRead(lines, dropped, seq)
 
     def tail_start(self, count: int) -> int:
         """The sequence number from which the last ``count`` kept lines start."""
-        return max(self._first_seq, self.next_seq - count)
+        return max(self._first_seq, self._next_seq - count)
 
     def _trim(self) -> None:
-        kept = len(self._lines) - self._head
-        while kept > 1 and (kept > self.max_lines or self._bytes > self.max_bytes):
-            self._bytes -= len(self._lines[self._head])
-            self._head += 1
-            self._first_seq += 1
-            kept -= 1
-        if self._head > 4096 and self._head * 2 > len(self._lines):
-            del self._lines[: self._head]
+        self._advance_to(self._next_seq - self.max_lines)
+        while self._bytes > self.max_bytes and self._first_seq < self._next_seq - 1:
+            head = self._blocks[self._head]
+            rest = head.length - self._skip
+            if self._head < len(self._blocks) - 1 and self._bytes - rest >= self.max_bytes:
+                self._advance_to(head.first_seq + head.lines)
+            else:
+                self._advance_to(self._fitting_start(head))
+        if self._head > 1024 and self._head * 2 > len(self._blocks):
+            del self._blocks[: self._head]
+            del self._starts[: self._head]
             self._head = 0
+        self.store.drop_before(self._blocks[self._head].segment)
+
+    def _head_lines(self, head: _Block) -> list[bytes]:
+        return split_lines(self.store.read(head.segment, head.offset, head.length))
+
+    def _fitting_start(self, head: _Block) -> int:
+        """The first line of ``head`` from which what is kept fits ``max_bytes`` (keeping one line at least)."""
+        seq = self._first_seq
+        excess = self._bytes - self.max_bytes
+        for line in self._head_lines(head)[seq - head.first_seq :]:
+            if excess <= 0 or seq >= self._next_seq - 1:
+                break
+            excess -= len(line)
+            seq += 1
+        return seq
+
+    def _advance_to(self, seq: int) -> None:
+        """Drop every line before ``seq``: whole blocks, then lines of the oldest block kept."""
+        if seq <= self._first_seq:
+            return
+        while self._head < len(self._blocks) - 1 and self._blocks[self._head + 1].first_seq <= seq:
+            self._bytes -= self._blocks[self._head].length - self._skip
+            self._skip = 0
+            self._head += 1
+            self._first_seq = self._blocks[self._head].first_seq
+        head = self._blocks[self._head]
+        if seq > self._first_seq:
+            lines = self._head_lines(head)
+            dropped = sum(map(len, lines[self._first_seq - head.first_seq : seq - head.first_seq]))
+            self._skip += dropped
+            self._bytes -= dropped
+            self._first_seq = seq
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    pieces: list[bytes] = []
+    for line in split_lines(data):
+        pieces.extend(line[i : i + MAX_RECORD] for i in range(0, len(line), MAX_RECORD))
+    return pieces
 
 
 class Console:
     """A console log that followers can wait on; closed when the app's runner ends."""
 
-    def __init__(self, max_lines: int, max_bytes: int) -> None:
-        self.log = ConsoleLog(max_lines, max_bytes)
+    def __init__(self, max_lines: int, max_bytes: int, directory: Path | None = None) -> None:
+        store = FileStore(directory) if directory is not None else MemoryStore()
+        self.directory = directory
+        self.log = ConsoleLog(max_lines, max_bytes, store)
         self.closed = False
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     async def write(self, data: bytes) -> None:
-        """Append output and wake followers."""
-        self.log.append(data)
-        async with self._changed:
-            self._changed.notify_all()
+        """Append output and wake followers; an unfinished line is shown once output pauses."""
+        added = self.log.append(data)
+        if self.log.partial and self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(PARTIAL_DELAY, self._flush_partial)
+        if added:
+            self._notify()
+
+    def _flush_partial(self) -> None:
+        self._flush_timer = None
+        if self.log.flush():
+            self._notify()
 
     async def note(self, text: str) -> None:
-        """Append a line from the daemon itself (a lifecycle event)."""
-        await self.write(f"[migrated] {text}\n".encode())
+        """Append a line from the daemon itself (a lifecycle event), always on a line of its own."""
+        self.log.flush()
+        prefix = "" if self.log.at_line_start else "\n"
+        await self.write(f"{prefix}[migrated] {text}\n".encode())
 
     async def close(self) -> None:
         """Mark the end of this run of output."""
+        self.log.flush()
         self.closed = True
-        async with self._changed:
-            self._changed.notify_all()
+        self._notify()
 
     def reopen(self) -> None:
         """A new runner writes to this console again."""
         self.closed = False
 
+    def destroy(self) -> None:
+        """Delete what the console keeps (the app was removed)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self.log.store.close()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
     async def wait_beyond(self, seq: int) -> None:
         """Wait until a line numbered ``seq`` or later exists, or the console is closed."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.log.next_seq > seq or self.closed)
+        while not (self.log.next_seq > seq or self.closed):
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()

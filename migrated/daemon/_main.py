@@ -25,8 +25,10 @@ __all__ = ["main"]
     help="State directory (default: $MIG_DIR or ~/.local/state/migrated).",
 )
 @click.option("--name", "host", metavar="HOST", help="This host's name (default: the machine's host name).")
-@click.option("--console-lines", default=100_000, show_default=True, help="Console lines kept per app.")
-@click.option("--console-bytes", default=16 * 1024 * 1024, show_default=True, help="Console bytes kept per app.")
+@click.option("--console-lines", default=1_000_000, show_default=True, help="Console lines kept per app.")
+@click.option(
+    "--console-bytes", default=64 * 1024 * 1024, show_default=True, help="Console bytes kept per app (on disk)."
+)
 @click.option("--ready-fd", type=int, default=-1, hidden=True, help="Write 'ready' to this fd once serving.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 def main(

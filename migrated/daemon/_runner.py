@@ -42,6 +42,7 @@ class Runner:
         self._frames: list[_wire.Frame] = []
         self._last_report: _wire.Frame | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._malformed = ""
 
     @property
     def pid(self) -> int:
@@ -86,19 +87,19 @@ class Runner:
             raise RunnerError(f"the app took more than {LOAD_TIMEOUT:.0f} s to load; check its imports") from None
         if frame is not None and frame.kind is _wire.Kind.LOADED:
             self._pump = pump
-            return str(frame.json().get("app_class", ""))
+            return str(_body(frame).get("app_class", ""))
         self.kill()
         await pump
+        code = await self.proc.wait()
         if frame is not None and frame.kind is _wire.Kind.FAILED:
-            body = frame.json()
+            body = _body(frame)
             raise error_class(str(body.get("error")))(str(body.get("message")))
-        code = self.proc.returncode
+        console.log.flush()
         tail = b"".join(data for _, data in console.log.read(console.log.tail_start(5)).lines)
         detail = tail.decode(errors="replace").strip().replace("\n", " | ")
         raise RunnerError(
-            f"the runner ended while loading the app (exit status {code})"
-            + (f": {detail}" if detail else "")
-            + "; fix the app's module-level code and run again"
+            f"the runner for {spec.get('file') or spec.get('name')} ended while loading the app "
+            f"(exit status {code})" + (f": {detail}" if detail else "") + "; fix the app's module-level code"
         )
 
     async def pump(self, console: Console) -> None:
@@ -111,6 +112,12 @@ class Runner:
         """Wait for the runner to end (its output drained) and say how it ended."""
         while (frame := await self._next_frame()) is not None:
             if frame.kind in (_wire.Kind.EXITED, _wire.Kind.CRASHED):
+                try:
+                    frame.json()
+                except _wire.FrameError as exc:
+                    self._malformed = str(exc)
+                    self.kill()
+                    continue
                 self._last_report = frame
         if self._pump is not None:
             await self._pump
@@ -120,11 +127,14 @@ class Runner:
 
     def _outcome(self, code: int) -> Outcome:
         report = self._last_report
+        if self._malformed:
+            return Outcome(True, code, f"the runner sent a malformed message ({self._malformed}) and was killed")
         if report is not None and report.kind is _wire.Kind.EXITED:
-            body = report.json()
-            return Outcome(False, int(body.get("code", code)), str(body.get("reason", "exited")))
+            body = _body(report)
+            exit_code = body.get("code", code)
+            return Outcome(False, exit_code if isinstance(exit_code, int) else code, str(body.get("reason", "exited")))
         if report is not None:
-            return Outcome(True, code, str(report.json().get("reason", "crashed")))
+            return Outcome(True, code, str(_body(report).get("reason", "crashed")))
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals.__members__.values() else str(-code)
             return Outcome(True, code, f"the runner process was killed by {name}")
@@ -159,8 +169,21 @@ class Runner:
                 data = b""
             if not data:
                 return None
-            self._frames.extend(self._decoder.feed(data))
+            try:
+                self._frames.extend(self._decoder.feed(data))
+            except _wire.FrameError as exc:
+                self._malformed = str(exc)
+                self.kill()
+                return None
         return self._frames.pop(0)
+
+
+def _body(frame: _wire.Frame) -> dict[str, Any]:
+    """A report's JSON object, or an empty one when the runner sent something else."""
+    try:
+        return frame.json()
+    except (_wire.FrameError, ValueError):
+        return {}
 
 
 def _runner_env() -> dict[str, str]:

@@ -28,8 +28,8 @@ class DaemonConfig:
 
     state_dir: Path
     host: str
-    console_lines: int = 100_000
-    console_bytes: int = 16 * 1024 * 1024
+    console_lines: int = 1_000_000
+    console_bytes: int = 64 * 1024 * 1024
 
 
 async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) -> None:
@@ -42,7 +42,7 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
         loop.add_signal_handler(signum, stop.set)
     try:
         async with asyncio.TaskGroup() as tasks:
-            apps = AppTable(tasks, config.console_lines, config.console_bytes)
+            apps = AppTable(tasks, config.state_dir / "console", config.console_lines, config.console_bytes)
             server = grpc.aio.server(interceptors=[ErrorInterceptor()])
             service = ControlService(apps, config.host, str(config.state_dir), stop.set)
             control_pb2_grpc.add_ControlServicer_to_server(service, server)

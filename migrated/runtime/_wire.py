@@ -44,7 +44,10 @@ class Frame:
 
     def json(self) -> dict[str, Any]:
         """Decode a JSON payload."""
-        value = json.loads(self.payload)
+        try:
+            value = json.loads(self.payload)
+        except ValueError:
+            raise FrameError(f"{self.kind.name} frame does not hold JSON") from None
         if not isinstance(value, dict):
             raise FrameError(f"{self.kind.name} frame does not hold a JSON object")
         return value
