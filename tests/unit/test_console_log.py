@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,13 +121,31 @@ def test_tail_start() -> None:
     assert [seq for seq, _ in log.read(log.tail_start(2)).lines] == [7, 8]
 
 
-def test_many_drops_keep_numbering_and_content() -> None:
+def test_long_output_at_the_bound_keeps_numbering_and_content() -> None:
     log = ConsoleLog(max_lines=10)
-    for i in range(1, 10_001):
-        log.append(b"%d\n" % i)
-    assert log.first_seq == 9991
-    assert log.read().lines == [(i, b"%d\n" % i) for i in range(9991, 10_001)]
-    assert log.read().dropped == 9990
+    line = b"%063d\n"
+    for start in range(0, 1100 * 1024, 1024):  # 70 MB in writes of 64 KiB: the bookkeeping is compacted on the way
+        log.append(b"".join(line % seq for seq in range(start + 1, start + 1025)))
+    last = 1100 * 1024
+    assert log.first_seq == last - 9
+    assert log.read().lines == [(seq, line % seq) for seq in range(last - 9, last + 1)]
+    assert log.read().dropped == last - 10
+
+
+def lines_per_second(log: ConsoleLog, count: int) -> float:
+    started = time.perf_counter()
+    for seq in range(count):
+        log.append(b"%d\n" % seq)
+    return count / (time.perf_counter() - started)
+
+
+def test_appending_at_the_bound_costs_about_what_it_costs_below_it() -> None:
+    """A long-running app lives at its console bound: a line there must not cost much more than before it."""
+    below = max(lines_per_second(ConsoleLog(max_lines=1_000_000), 3000) for _ in range(3))
+    full = ConsoleLog(max_lines=1000)
+    lines_per_second(full, 1000)
+    at_bound = max(lines_per_second(full, 1000) for _ in range(3))
+    assert at_bound > below / 10, f"{at_bound:.0f} lines/s at the bound, {below:.0f} below it"
 
 
 @settings(deadline=None)  # timing depends on the load of a shared machine
