@@ -165,6 +165,7 @@ class ConsoleLog:
         self._next_seq = 1
         self._bytes = 0  # bytes of the lines kept
         self._skip = 0  # bytes of the oldest block that belong to lines no longer kept
+        self._head_lengths: list[int] | None = None  # line lengths of the oldest block, once read
         self._partial = b""
 
     @property
@@ -221,6 +222,8 @@ class ConsoleLog:
             last.lines += lines
             last.length += len(data)
             last.whole = data.endswith(b"\n")
+            if self._head_lengths is not None and last is self._blocks[self._head]:
+                self._head_lengths.extend(map(len, split_lines(data)))
         else:
             block = _Block(self._next_seq, lines, segment, offset, len(data), data.endswith(b"\n"))
             self._blocks.append(block)
@@ -272,17 +275,22 @@ class ConsoleLog:
             self._head = 0
         self.store.drop_before(self._blocks[self._head].segment)
 
-    def _head_lines(self, head: _Block) -> list[bytes]:
-        return split_lines(self.store.read(head.segment, head.offset, head.length))
+    def _head_line_lengths(self) -> list[int]:
+        if self._head_lengths is None:
+            head = self._blocks[self._head]
+            self._head_lengths = [
+                len(line) for line in split_lines(self.store.read(head.segment, head.offset, head.length))
+            ]
+        return self._head_lengths
 
     def _fitting_start(self, head: _Block) -> int:
         """The first line of ``head`` from which what is kept fits ``max_bytes`` (keeping one line at least)."""
         seq = self._first_seq
         excess = self._bytes - self.max_bytes
-        for line in self._head_lines(head)[seq - head.first_seq :]:
+        for length in self._head_line_lengths()[seq - head.first_seq :]:
             if excess <= 0 or seq >= self._next_seq - 1:
                 break
-            excess -= len(line)
+            excess -= length
             seq += 1
         return seq
 
@@ -294,11 +302,12 @@ class ConsoleLog:
             self._bytes -= self._blocks[self._head].length - self._skip
             self._skip = 0
             self._head += 1
+            self._head_lengths = None
             self._first_seq = self._blocks[self._head].first_seq
         head = self._blocks[self._head]
         if seq > self._first_seq:
-            lines = self._head_lines(head)
-            dropped = sum(map(len, lines[self._first_seq - head.first_seq : seq - head.first_seq]))
+            lengths = self._head_line_lengths()
+            dropped = sum(lengths[self._first_seq - head.first_seq : seq - head.first_seq])
             self._skip += dropped
             self._bytes -= dropped
             self._first_seq = seq

@@ -18,6 +18,7 @@ from migrated.runtime import _wire
 __all__ = ["Outcome", "Runner"]
 
 LOAD_TIMEOUT = 60.0
+PIPE_DRAIN = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +120,18 @@ class Runner:
                     self.kill()
                     continue
                 self._last_report = frame
+        # Processes the app started die with it, as under a service manager. They also hold the console pipe,
+        # and until Python 3.12 Process.wait() returns only once that pipe is closed.
+        try:
+            code = await asyncio.wait_for(asyncio.shield(self.proc.wait()), PIPE_DRAIN)
+        except TimeoutError:
+            self._kill_group()
+            code = await self.proc.wait()
+        self._kill_group()
         if self._pump is not None:
-            await self._pump
-        code = await self.proc.wait()
+            # A descendant that left the process group may keep the pipe open: stop reading it then.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pump, PIPE_DRAIN)
         self._writer.close()
         return self._outcome(code)
 
@@ -153,8 +163,11 @@ class Runner:
     def kill(self) -> None:
         """Kill the runner's whole process group at once."""
         if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._kill_group()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     async def _send(self, data: bytes) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
