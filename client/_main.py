@@ -195,7 +195,7 @@ def _print_console(daemon: Daemon, request: pb.LogsRequest) -> Iterator[pb.Conso
         for batch in stream:
             if batch.dropped:
                 out.write(f"[migrated] {batch.dropped} earlier lines are no longer kept\n".encode())
-            out.write(b"".join(line.data for line in batch.lines))
+            out.write(b"".join(line.data[line.skip :] for line in batch.lines) + batch.partial)
             out.flush()
             yield batch
     except Exception as exc:

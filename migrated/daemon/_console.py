@@ -21,7 +21,6 @@ __all__ = ["Console", "ConsoleLog", "ConsoleRead", "FileStore", "MemoryStore", "
 SEGMENT_BYTES = 8 * 1024 * 1024
 MAX_RECORD = 1024 * 1024  # a longer line is kept as several records, so a batch stays bounded
 _COALESCE_BELOW = 64 * 1024
-PARTIAL_DELAY = 0.02  # a line without its newline is shown once output pauses this long
 
 
 class ConsoleStore(Protocol):
@@ -329,20 +328,11 @@ class Console:
         self.log = ConsoleLog(max_lines, max_bytes, store)
         self.closed = False
         self._changed = asyncio.Event()
-        self._flush_timer: asyncio.TimerHandle | None = None
 
     async def write(self, data: bytes) -> None:
-        """Append output and wake followers; an unfinished line is shown once output pauses."""
-        added = self.log.append(data)
-        if self.log.partial and self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(PARTIAL_DELAY, self._flush_partial)
-        if added:
-            self._notify()
-
-    def _flush_partial(self) -> None:
-        self._flush_timer = None
-        if self.log.flush():
-            self._notify()
+        """Append output and wake followers (also for an unfinished line: it may be a prompt)."""
+        self.log.append(data)
+        self._notify()
 
     async def note(self, text: str) -> None:
         """Append a line from the daemon itself (a lifecycle event), always on a line of its own."""
@@ -351,7 +341,7 @@ class Console:
         await self.write(f"{prefix}[migrated] {text}\n".encode())
 
     async def close(self) -> None:
-        """Mark the end of this run of output."""
+        """Mark the end of this run of output; an unfinished last line is numbered as it is."""
         self.log.flush()
         self.closed = True
         self._notify()
@@ -362,15 +352,13 @@ class Console:
 
     def destroy(self) -> None:
         """Delete what the console keeps (the app was removed)."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
         self.log.store.close()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    async def wait_beyond(self, seq: int) -> None:
-        """Wait until a line numbered ``seq`` or later exists, or the console is closed."""
-        while not (self.log.next_seq > seq or self.closed):
+    async def wait_change(self, seq: int, partial: int) -> None:
+        """Wait until line ``seq`` exists, the unfinished line is no longer ``partial`` bytes, or the end."""
+        while not (self.log.next_seq > seq or self.closed or len(self.log.partial) != partial):
             await self._changed.wait()
 
     def _notify(self) -> None:

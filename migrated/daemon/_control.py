@@ -100,17 +100,27 @@ class ControlService(control_pb2_grpc.ControlServicer):
         record = self.apps.get(request.name)
         console = record.console
         since = request.since or (console.log.tail_start(request.tail) if request.tail else 0)
+        shown = 0  # bytes of the unfinished line this stream has sent
         while True:
             read = console.log.read(since, BATCH_LINES)
-            if read.lines or read.dropped:
-                lines = [pb.ConsoleLine(seq=seq, data=data) for seq, data in read.lines]
-                yield pb.ConsoleBatch(lines=lines, dropped=read.dropped)
+            if read.dropped:
+                shown = 0  # the line it began is gone
+            lines = []
+            for seq, data in read.lines:
+                skip = min(shown, len(data))
+                shown -= skip
+                lines.append(pb.ConsoleLine(seq=seq, data=data, skip=skip))
             since = read.next_seq
-            if since < console.log.next_seq:
+            caught_up = since >= console.log.next_seq
+            partial = console.log.partial[shown:] if caught_up else b""
+            shown += len(partial)
+            if lines or read.dropped or partial:
+                yield pb.ConsoleBatch(lines=lines, dropped=read.dropped, partial=partial)
+            if not caught_up:
                 continue
             if not request.follow or console.closed:
                 break
-            await console.wait_beyond(since)
+            await console.wait_change(since, shown)
         if request.follow:
             yield pb.ConsoleBatch(app=self.info(record))
 

@@ -425,18 +425,22 @@ class ConsoleLine(_message.Message):
 
     SEQ_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    SKIP_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     data: _builtins.bytes
-    """one line with its newline, or a partial line"""
+    """one line with its newline (without one only when cut at the end of a run)"""
+    skip: _builtins.int
+    """bytes at the start of data this stream already sent as `partial`"""
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        skip: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "seq", b"seq", "skip", b"skip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -449,8 +453,11 @@ class ConsoleBatch(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     APP_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     dropped: _builtins.int
     """lines no longer kept that fell before this batch"""
+    partial: _builtins.bytes
+    """more of the unfinished last line (a prompt), not numbered yet"""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsoleLine]: ...
     @_builtins.property
@@ -463,10 +470,11 @@ class ConsoleBatch(_message.Message):
         lines: _abc.Iterable[Global___ConsoleLine] | None = ...,
         dropped: _builtins.int = ...,
         app: Global___AppInfo | None = ...,
+        partial: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "dropped", b"dropped", "lines", b"lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "dropped", b"dropped", "lines", b"lines", "partial", b"partial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
