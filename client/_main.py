@@ -16,7 +16,7 @@ import click
 from client import _render
 from client._connect import Daemon, connect, rpc_error
 from migrated._paths import resolve_state_dir
-from migrated.errors import AppFileError, MigError
+from migrated.errors import AppFileError, MigError, UsageError
 from migrated.transport.v1 import control_pb2 as pb
 
 __all__ = ["cli", "main"]
@@ -64,7 +64,7 @@ def cli(ctx: click.Context, state_dir: str | None) -> None:
 def run(ctx: Context, target: str, name: str | None, args: tuple[str, ...]) -> None:
     """Start an app from FILE.py (arguments after -- go to the app as self.args)."""
     file, app_class = _split_target(target)
-    path = Path(file).expanduser().absolute()
+    path = Path(os.path.abspath(os.path.expanduser(file)))
     if not path.is_file():
         raise AppFileError(f"{file} does not exist or is not a file; give the path of an app's .py file")
     request = pb.RunRequest(
@@ -256,16 +256,24 @@ def _forward_input(daemon: Daemon, name: str, ended: threading.Event) -> bool:
     return False
 
 
-def _run(command: Callable[[], Any]) -> None:
+def _run(command: Callable[[], Any]) -> int:
     try:
         command()
     except MigError as exc:
         click.echo(f"mig: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        return exc.exit_code
+    except click.UsageError as exc:
+        where = f"mig {exc.ctx.command_path.removeprefix('mig').strip()}".strip() if exc.ctx else "mig"
+        click.echo(f"mig: {exc.format_message().rstrip('.')}; see {where} --help", err=True)
+        return UsageError.exit_code
+    except click.ClickException as exc:
+        click.echo(f"mig: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        return 130
+    return 0
 
 
 def main() -> None:
     """Entry point of the ``mig`` console script."""
-    _run(lambda: cli(standalone_mode=True))
+    sys.exit(_run(lambda: cli(standalone_mode=False)))

@@ -169,3 +169,19 @@ def test_a_state_directory_path_too_long_for_a_socket_is_refused(tmp_path_factor
 def test_a_usage_error_exits_2(shared_daemon: Daemon) -> None:
     assert shared_daemon.mig("frobnicate", check=2).err
     assert shared_daemon.mig("send", "onlyname", check=2).err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("run",), ["Missing argument", "mig run --help"]),
+        (("frobnicate",), ["No such command 'frobnicate'", "mig --help"]),
+        (("ps", "--bogus"), ["No such option '--bogus'", "mig ps --help"]),
+    ],
+)
+def test_a_usage_mistake_is_one_sentence_that_points_to_help(args: tuple[str, ...], words: list[str]) -> None:
+    _, out, err = mig(*args, dir=new_state_dir(), check=2)
+    assert out == ""
+    sentence = one_sentence(err)
+    for word in words:
+        assert word in sentence
