@@ -22,7 +22,9 @@ not import grpc) and the exit code of the ``mig`` command line::
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every runner start
+    from typing import ClassVar
 
 __all__ = [
     "AmbiguousAppError",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, NoReturn
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at every runner start
+    from typing import ClassVar, NoReturn
 
 __all__ = ["App"]
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import traceback
-from pathlib import Path
 from types import ModuleType
 
 from migrated.errors import AmbiguousAppError, AppCodeError, AppFileError, NotAnAppError
@@ -19,28 +19,29 @@ CONTRACT_HINT = (
 )
 
 
-def module_name_for(path: Path) -> str:
+def module_name_for(path: str | os.PathLike[str]) -> str:
     """The module name an app file is imported under: its stem, unless that shadows a loaded module."""
-    stem = path.stem if path.stem.isidentifier() else "app"
+    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = stem if stem.isidentifier() else "app"
     return stem if stem not in sys.modules else f"_mig_app_{stem}"
 
 
-def load_app_class(file: str, app_class: str = "") -> type[App]:
+def load_app_class(file: str | os.PathLike[str], app_class: str = "") -> type[App]:
     """Import ``file`` as a module and return the App subclass to run."""
-    path = Path(file)
-    if not path.is_file():
+    path = os.fspath(file)
+    if not os.path.isfile(path):
         raise AppFileError(f"{file} is not a file; give the path of an app's .py file")
     module = _import_file(path)
     return find_app_class(module, path, app_class)
 
 
-def _import_file(path: Path) -> ModuleType:
+def _import_file(path: str) -> ModuleType:
     name = module_name_for(path)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise AppFileError(f"{path} cannot be imported as Python; give the path of an app's .py file")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
+    sys.path.insert(0, os.path.dirname(path))
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
@@ -53,13 +54,13 @@ def _import_file(path: Path) -> ModuleType:
         del sys.modules[name]
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         raise AppCodeError(
-            f"importing {path} failed at {Path(frame.filename).name} line {frame.lineno} with "
+            f"importing {path} failed at {os.path.basename(frame.filename)} line {frame.lineno} with "
             f"{type(exc).__name__}: {exc}; fix the app's code and run again"
         ) from None
     return module
 
 
-def find_app_class(module: ModuleType, path: Path, app_class: str = "") -> type[App]:
+def find_app_class(module: ModuleType, path: str | os.PathLike[str], app_class: str = "") -> type[App]:
     """Pick the App subclass named ``app_class``, or the only one the module defines."""
     if app_class:
         cls = getattr(module, app_class, None)
@@ -76,6 +77,6 @@ def find_app_class(module: ModuleType, path: Path, app_class: str = "") -> type[
     if len(found) > 1:
         names = ", ".join(sorted(cls.__name__ for cls in found))
         raise AmbiguousAppError(
-            f"{path} defines {len(found)} App classes ({names}); choose one with {path.name}:ClassName"
+            f"{path} defines {len(found)} App classes ({names}); choose one with {os.path.basename(path)}:ClassName"
         )
     return found[0]
