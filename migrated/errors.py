@@ -9,7 +9,8 @@ not import grpc) and the exit code of the ``mig`` command line::
     │   ├── AppFileError          INVALID_ARGUMENT     2   the app's file is missing or unreadable
     │   ├── NotAnAppError         INVALID_ARGUMENT     2   the file defines no App subclass
     │   ├── AmbiguousAppError     INVALID_ARGUMENT     2   several App subclasses and no :Class
-    │   └── AppCodeError          INVALID_ARGUMENT     2   the app's code fails to load (syntax error, ...)
+    │   ├── AppCodeError          INVALID_ARGUMENT     2   the app's code fails to load (syntax error, ...)
+    │   └── RetentionPolicyError  INVALID_ARGUMENT     2   a --keep policy cannot be parsed
     ├── AppNotFoundError          NOT_FOUND            3
     ├── AppExistsError            ALREADY_EXISTS       4
     ├── AppStateError             FAILED_PRECONDITION  5   the app is not in a state that allows this
@@ -17,7 +18,12 @@ not import grpc) and the exit code of the ``mig`` command line::
     │   └── DaemonNotRunningError UNAVAILABLE          6   no daemon answers on the socket
     ├── StateDirError             FAILED_PRECONDITION  7   the state directory cannot be used
     │   └── DirectoryLockedError  FAILED_PRECONDITION  7   another daemon owns the directory
-    └── RunnerError               INTERNAL             8   the runner process failed to start
+    ├── RunnerError               INTERNAL             8   the runner process failed to start
+    ├── CheckpointError           INTERNAL             9   a checkpoint could not be taken, stored or loaded
+    │   ├── UnserialisableStateError FAILED_PRECONDITION 9 the app's state holds something that cannot be saved
+    │   ├── CheckpointDamagedError DATA_LOSS           9   a stored chunk of that version fails its hash check
+    │   └── ExportFileError       INVALID_ARGUMENT     9   the file to import is not an export, or is damaged
+    └── VersionNotFoundError      NOT_FOUND            3   the app has no checkpoint with that number
 """
 
 from __future__ import annotations
@@ -140,3 +146,65 @@ _BY_NAME: dict[str, type[MigError]] = {
 def error_class(name: str) -> type[MigError]:
     """Return the error class called ``name``, or ``MigError`` for a name this version does not know."""
     return _BY_NAME.get(name, MigError)
+
+
+class CheckpointError(MigError):
+    """A checkpoint could not be taken, stored or loaded."""
+
+    grpc_status = "INTERNAL"
+    exit_code = 9
+
+
+class UnserialisableStateError(CheckpointError):
+    """The app's state holds something that cannot be saved; the message names the attribute and the fix."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class CheckpointDamagedError(CheckpointError):
+    """A stored chunk of a version fails its hash check; an earlier version may still be good."""
+
+    grpc_status = "DATA_LOSS"
+
+    def __init__(self, message: str, *, app: str = "", version: int = 0) -> None:
+        super().__init__(message)
+        self.app = app
+        self.version = version
+
+
+class ExportFileError(CheckpointError):
+    """The file given to import is not a migrated export, or it is damaged or truncated."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class VersionNotFoundError(MigError):
+    """The app has no checkpoint with that version number."""
+
+    grpc_status = "NOT_FOUND"
+    exit_code = 3
+
+
+class RetentionPolicyError(UsageError):
+    """A retention policy (``--keep last=20,hourly=24,daily=7``) cannot be parsed."""
+
+
+__all__ += [
+    "CheckpointDamagedError",
+    "CheckpointError",
+    "ExportFileError",
+    "RetentionPolicyError",
+    "UnserialisableStateError",
+    "VersionNotFoundError",
+]
+_BY_NAME.update(
+    (cls.__name__, cls)
+    for cls in (
+        CheckpointDamagedError,
+        CheckpointError,
+        ExportFileError,
+        RetentionPolicyError,
+        UnserialisableStateError,
+        VersionNotFoundError,
+    )
+)

@@ -1,0 +1,77 @@
+"""Constructors the unpickler calls to rebuild what ``_reduce`` took apart.
+
+Stored checkpoints name these functions (``migrated.checkpoint._rebuild.make_view``, ...), so their names and
+signatures are part of the checkpoint format: never rename them or change what their arguments mean; add new
+ones instead. This module imports nothing heavy: a runner that restores an app loads it first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import marshal
+import sys
+import types
+from typing import Any
+
+__all__ = [
+    "make_app",
+    "make_cell",
+    "make_function",
+    "make_memoryview",
+    "make_view",
+    "memory",
+    "set_app_state",
+    "set_cell",
+]
+
+
+def make_app(cls: Any) -> Any:
+    """A bare instance of the app's class; its state follows."""
+    return cls.__new__(cls)
+
+
+def set_app_state(app: Any, state: dict[str, Any]) -> None:
+    """Put the saved attributes back, bypassing any ``__setstate__``."""
+    app.__dict__.update(state)
+
+
+def memory(buffer: Any) -> Any:
+    """The memory that one or more arrays are views of (an out-of-band buffer)."""
+    return buffer
+
+
+def make_view(
+    root: Any, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: Any, writeable: bool
+) -> Any:
+    """A NumPy array over ``root``'s memory, so arrays that shared memory share it again."""
+    numpy = sys.modules.get("numpy") or importlib.import_module("numpy")
+    array = numpy.ndarray(shape, dtype, buffer=root, offset=offset, strides=strides)
+    if not writeable and array.flags.writeable:
+        array.flags.writeable = False
+    return array
+
+
+def make_memoryview(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    """A memoryview with the saved format and shape over ``buffer``."""
+    view: Any = memoryview(buffer).cast("B")
+    cast: memoryview = view.cast(fmt, shape) if shape else view.cast(fmt)
+    return cast
+
+
+def make_function(code: bytes, module: str, name: str, defaults: Any, closure: Any, extra: dict[str, Any]) -> Any:
+    """A function rebuilt from its marshalled code, its module's globals and its closure cells."""
+    namespace = sys.modules.get(module) or importlib.import_module(module)
+    function = types.FunctionType(marshal.loads(code), namespace.__dict__, name, defaults, closure)
+    for attribute, value in extra.items():
+        setattr(function, attribute, value)
+    return function
+
+
+def make_cell() -> types.CellType:
+    """An empty closure cell; its contents follow, so a function can sit in its own closure."""
+    return types.CellType()
+
+
+def set_cell(cell: types.CellType, state: tuple[Any]) -> None:
+    """Fill a closure cell."""
+    cell.cell_contents = state[0]

@@ -1,0 +1,112 @@
+"""SQL the store's reads and writes share: version rows, chunk lookups."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from migrated.checkpoint._codec import Codec, StoredChunk
+from migrated.checkpoint._manifest import Kind
+from migrated.errors import VersionNotFoundError
+from migrated.transport.v1 import checkpoint_pb2 as pb
+
+__all__ = [
+    "VersionInfo",
+    "VersionRow",
+    "chunk_ids",
+    "find_version",
+    "read_chunks",
+    "read_version_chunks",
+    "version_infos",
+]
+
+_BATCH = 500  # host parameters per IN (...) query
+
+_VERSION_COLUMNS = "v.id, a.name, v.version, v.parent, v.created, v.kind, v.message, v.bytes_added, v.total_bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One version of an app, as ``mig history`` shows it."""
+
+    app: str
+    version: int
+    parent: int  # 0 for none
+    created: float  # Unix time
+    kind: Kind
+    message: str
+    bytes_added: int  # stored bytes this version added to the store
+    total_bytes: int  # raw bytes of state and code it references
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    """A version's row id, what ``mig history`` shows of it, and its manifest."""
+
+    id: int
+    info: VersionInfo
+    manifest: pb.CheckpointManifest
+
+
+def _info(row: Any) -> VersionInfo:
+    _, app, version, parent, created, kind, message, added, total = row[:9]
+    return VersionInfo(app, version, parent or 0, created, Kind(kind), message, added, total)
+
+
+def version_infos(conn: sqlite3.Connection, app: str) -> list[VersionInfo]:
+    """Every version of ``app``, oldest first."""
+    query = (
+        f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN apps a ON a.id = v.app_id WHERE a.name = ? ORDER BY v.version"
+    )
+    return [_info(row) for row in conn.execute(query, (app,))]
+
+
+def find_version(conn: sqlite3.Connection, app: str, version: int | None) -> VersionRow:
+    """A version of ``app`` (its latest when ``version`` is None); ``VersionNotFoundError`` when there is none."""
+    query = f"SELECT {_VERSION_COLUMNS}, v.manifest FROM versions v JOIN apps a ON a.id = v.app_id WHERE a.name = ?"
+    if version is None:
+        row = conn.execute(query + " ORDER BY v.version DESC LIMIT 1", (app,)).fetchone()
+    else:
+        row = conn.execute(query + " AND v.version = ?", (app, version)).fetchone()
+    if row is None:
+        raise _not_found(app, version)
+    return VersionRow(row[0], _info(row), pb.CheckpointManifest.FromString(row[9]))
+
+
+def _not_found(app: str, version: int | None) -> VersionNotFoundError:
+    if version is None:
+        return VersionNotFoundError(f"{app!r} has no checkpoint yet; take one with mig checkpoint {app}")
+    return VersionNotFoundError(f"{app!r} has no version {version}; mig history {app} lists its versions")
+
+
+def chunk_ids(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, int]:
+    """The row ids of those of ``hashes`` that are stored."""
+    found: dict[bytes, int] = {}
+    for start in range(0, len(hashes), _BATCH):
+        batch = hashes[start : start + _BATCH]
+        marks = ",".join("?" * len(batch))
+        found.update(conn.execute(f"SELECT hash, id FROM chunks WHERE hash IN ({marks})", batch))
+    return found
+
+
+def read_version_chunks(conn: sqlite3.Connection, version_id: int) -> Iterator[tuple[bytes, StoredChunk]]:
+    """Every chunk a version references, as stored."""
+    query = (
+        "SELECT c.hash, c.codec, c.raw_size, c.data FROM version_chunks vc JOIN chunks c ON c.id = vc.chunk_id "
+        "WHERE vc.version_id = ?"
+    )
+    for digest, codec, raw_size, data in conn.execute(query, (version_id,)):
+        yield digest, StoredChunk(Codec(codec), raw_size, data)
+
+
+def read_chunks(conn: sqlite3.Connection, hashes: Iterable[bytes]) -> Iterator[tuple[bytes, StoredChunk]]:
+    """The stored form of those of ``hashes`` that are stored."""
+    wanted = list(hashes)
+    for start in range(0, len(wanted), _BATCH):
+        batch = wanted[start : start + _BATCH]
+        marks = ",".join("?" * len(batch))
+        query = f"SELECT hash, codec, raw_size, data FROM chunks WHERE hash IN ({marks})"
+        for digest, codec, raw_size, data in conn.execute(query, batch):
+            yield digest, StoredChunk(Codec(codec), raw_size, data)

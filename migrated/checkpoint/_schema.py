@@ -1,0 +1,118 @@
+"""The checkpoint store's SQLite schema, as sqlite-utils migrations (each runs in one transaction), and the
+connection settings every connection to it uses.
+
+Page size 64 KiB, chosen by measurement on this machine (128 MiB of blobs in one transaction, WAL,
+synchronous=FULL, best of 3): 64 KiB blobs insert at 263 MB/s against 216 MB/s with 4 KiB pages, 1 MiB blobs
+at 358 against 200; large pages keep a chunk in one or two pages instead of a chain of 16 overflow pages.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from migrated.errors import StateDirError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+__all__ = ["BUSY_TIMEOUT_MS", "PAGE_SIZE", "connect", "migrate"]
+
+PAGE_SIZE = 65536
+BUSY_TIMEOUT_MS = 10_000
+MIGRATION_SET = "migrated.checkpoint"
+MIGRATIONS: list[Callable[[Database], None]] = []
+"""In order of registration; append new ones, never edit, rename or reorder applied ones."""
+
+
+def migration(step: Callable[[Database], None]) -> Callable[[Database], None]:
+    """Register ``step`` as the next schema migration (applied by sqlite-utils, each in one transaction)."""
+    MIGRATIONS.append(step)
+    return step
+
+
+@migration
+def m001_store(db: Database) -> None:
+    """Apps, immutable numbered versions, content-addressed chunks, and which versions use which chunks."""
+    for statement in _M001:
+        db.execute(statement)
+
+
+_M001 = (
+    """CREATE TABLE apps (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL,
+        next_version INTEGER NOT NULL DEFAULT 1
+    )""",
+    """CREATE TABLE versions (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        parent INTEGER,
+        created REAL NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        bytes_added INTEGER NOT NULL,
+        total_bytes INTEGER NOT NULL,
+        manifest BLOB NOT NULL,
+        UNIQUE (app_id, version)
+    )""",
+    """CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY,
+        hash BLOB NOT NULL UNIQUE,
+        codec INTEGER NOT NULL,
+        raw_size INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        data BLOB NOT NULL
+    )""",
+    """CREATE TABLE version_chunks (
+        version_id INTEGER NOT NULL REFERENCES versions (id) ON DELETE CASCADE,
+        chunk_id INTEGER NOT NULL REFERENCES chunks (id),
+        PRIMARY KEY (version_id, chunk_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX version_chunks_by_chunk ON version_chunks (chunk_id)",
+    """CREATE TRIGGER versions_are_immutable BEFORE UPDATE ON versions
+        BEGIN SELECT RAISE(ABORT, 'checkpoint versions are immutable'); END""",
+    """CREATE TRIGGER chunks_are_immutable BEFORE UPDATE ON chunks
+        BEGIN SELECT RAISE(ABORT, 'chunks are immutable'); END""",
+)
+
+
+def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with the store's settings."""
+    target = str(path) if create else f"file:{urllib.parse.quote(str(path))}?mode=rw"
+    try:
+        conn = sqlite3.connect(target, uri=not create, isolation_level=None, check_same_thread=False)
+    except sqlite3.OperationalError as exc:
+        raise StateDirError(f"cannot open the checkpoint store {path} ({exc}); check the state directory") from None
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Set up a new store (page size, incremental vacuum, WAL) and apply pending migrations, each in one
+    transaction (sqlite-utils ``Migrations``, imported here only: it costs ~0.2 s, and readers never need it)."""
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("PRAGMA journal_mode = WAL")
+    db = Database(conn, execute_plugins=False, recursive_triggers=False)
+    migrations = Migrations(MIGRATION_SET)
+    for step in MIGRATIONS:
+        migrations()(step)
+    known = {step.__name__ for step in MIGRATIONS}
+    newer = [applied.name for applied in migrations.applied(db) if applied.name not in known]
+    if newer:
+        raise StateDirError(
+            f"the checkpoint store {path} was written by a newer migrated (schema {newer[-1]}); upgrade migrated"
+        )
+    migrations.apply(db)

@@ -1,0 +1,338 @@
+"""The checkpoint store: immutable, numbered versions of apps and the content-addressed chunks they share, in
+one SQLite file.
+
+Threading rule: every method blocks, so call it from a worker thread (``asyncio.to_thread``), never from an
+event loop. Any number of threads may call at once. Writes run one at a time, in order, on the store's own
+writer thread, which alone holds the write connection; reads run on the calling thread, on a connection of
+that thread's own, and see the last committed state (WAL), never a half-written version. CPU work that needs
+no lock (compressing and checking chunks) runs in the calling thread, before the write task is queued.
+
+A store opened with ``readonly=True`` (a runner that restores an app) has no writer and never writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, TypeVar
+
+from migrated.checkpoint import _archive, _retention, _rows, _schema, _writes
+from migrated.checkpoint._assemble import Assembled, Damage, check_chunk
+from migrated.checkpoint._chunks import Piece
+from migrated.checkpoint._codec import Codec, StoredChunk, encode
+from migrated.checkpoint._manifest import Draft, Kind, check_format, chunk_hashes, proto_kind
+from migrated.checkpoint._rows import VersionInfo
+from migrated.checkpoint._snapshot import Snapshot
+from migrated.checkpoint._writer import Writer
+from migrated.errors import CheckpointDamagedError, CheckpointError
+from migrated.transport.v1 import checkpoint_pb2 as pb
+
+__all__ = ["Damaged", "Loaded", "Store", "VerifyReport"]
+
+ChunkSource = Mapping[bytes, Piece | StoredChunk]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A version brought back: what ``mig history`` shows, its manifest, its state and its code."""
+
+    info: VersionInfo
+    manifest: pb.CheckpointManifest
+    snapshot: Snapshot
+    code: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """A chunk that fails its check, and a version that uses it (app "" when no version does)."""
+
+    app: str
+    version: int
+    chunk: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What ``verify`` re-hashed, and what it found damaged."""
+
+    chunks: int
+    bytes: int
+    damaged: list[Damaged] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No damage found."""
+        return not self.damaged
+
+
+class Store:
+    """The checkpoint store in ``path`` (created when missing, unless ``readonly``)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._marker = self.path.with_name(self.path.name + ".open")
+        self.unclean = False
+        self.problems: list[str] = []
+        self._writer: Writer | None = None
+        if not readonly:
+            self.unclean = self._marker.exists()
+            self._writer = Writer(self._open_writer, f"checkpoint-store-writer {self.path.name}")
+            self._marker.touch()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = _schema.connect(self.path, create=True)
+        try:
+            _schema.migrate(conn, self.path)
+            if self.unclean:
+                rows = [row[0] for row in conn.execute("PRAGMA quick_check")]
+                self.problems = [] if rows == ["ok"] else rows
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        """Finish queued writes and close every connection; a clean close leaves no unclean-shutdown marker."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._marker.unlink(missing_ok=True)
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    # Reads
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection, in one read transaction (a consistent snapshot)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _schema.connect(self.path)
+            with self._lock:
+                self._readers.append(conn)
+        if conn.in_transaction:  # a read inside a read: same snapshot
+            yield conn
+            return
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def apps(self) -> list[str]:
+        """Apps with at least one version."""
+        with self._read() as conn:
+            query = "SELECT name FROM apps WHERE EXISTS (SELECT 1 FROM versions WHERE app_id = apps.id) ORDER BY name"
+            return [row[0] for row in conn.execute(query)]
+
+    def list_versions(self, app: str) -> list[VersionInfo]:
+        """The history of ``app``, oldest first (empty for an app with no versions)."""
+        with self._read() as conn:
+            return _rows.version_infos(conn, app)
+
+    def latest(self, app: str) -> VersionInfo | None:
+        """The newest version of ``app``, if any."""
+        versions = self.list_versions(app)
+        return versions[-1] if versions else None
+
+    def get_version(self, app: str, version: int) -> VersionInfo:
+        """One version of ``app``; ``VersionNotFoundError`` when there is no such version."""
+        with self._read() as conn:
+            return _rows.find_version(conn, app, version).info
+
+    def manifest(self, app: str, version: int | None = None) -> pb.CheckpointManifest:
+        """A version's manifest (the latest's when ``version`` is None)."""
+        with self._read() as conn:
+            return _rows.find_version(conn, app, version).manifest
+
+    def missing(self, hashes: Iterable[bytes]) -> set[bytes]:
+        """Those of ``hashes`` the store does not hold."""
+        wanted = list(dict.fromkeys(hashes))
+        with self._read() as conn:
+            return set(wanted) - set(_rows.chunk_ids(conn, wanted))
+
+    def read_chunks(self, hashes: Iterable[bytes]) -> Iterator[tuple[bytes, StoredChunk]]:
+        """Stored chunks as they are kept (compressed or raw): what a transfer or an export sends."""
+        with self._read() as conn:
+            yield from _rows.read_chunks(conn, hashes)
+
+    def load(self, app: str, version: int | None = None) -> Loaded:
+        """Bring a version back (the latest when ``version`` is None), checking every chunk against its hash.
+
+        A damaged or missing chunk raises ``CheckpointDamagedError`` naming the app and version, so the caller
+        can fall back to an earlier version (``load_last_good`` does).
+        """
+        with self._read() as conn:
+            row = _rows.find_version(conn, app, version)
+            check_format(row.manifest, f"version {row.info.version} of {app!r}")
+            assembled = Assembled(row.manifest)
+            try:
+                for digest, stored in _rows.read_version_chunks(conn, row.id):
+                    assembled.put(digest, stored)
+                snapshot = assembled.snapshot()
+            except Damage as damage:
+                raise _damaged(app, row.info.version, damage) from None
+        return Loaded(row.info, row.manifest, snapshot, assembled.code_files())
+
+    def load_last_good(self, app: str) -> tuple[Loaded, list[CheckpointDamagedError]]:
+        """The newest version of ``app`` that loads whole, and the damage of the newer ones it skipped."""
+        skipped: list[CheckpointDamagedError] = []
+        for info in reversed(self.list_versions(app)):
+            try:
+                return self.load(app, info.version), skipped
+            except CheckpointDamagedError as exc:
+                skipped.append(exc)
+        if skipped:
+            raise CheckpointDamagedError(
+                f"every version of {app!r} is damaged (newest: {skipped[0]})", app=app, version=skipped[0].version
+            )
+        return self.load(app), skipped  # raises VersionNotFoundError
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every stored chunk and report each damaged one with the versions that use it."""
+        bad: dict[int, tuple[bytes, str]] = {}
+        count = size = 0
+        with self._read() as conn:
+            for chunk_id, digest, codec, raw_size, data in conn.execute(
+                "SELECT id, hash, codec, raw_size, data FROM chunks"
+            ):
+                count, size = count + 1, size + raw_size
+                try:
+                    check_chunk(digest, StoredChunk(Codec(codec), raw_size, data))
+                except Damage as damage:
+                    bad[chunk_id] = (digest, damage.reason)
+            damaged = _damaged_versions(conn, bad)
+        return VerifyReport(count, size, damaged)
+
+    # Writes
+
+    def put_version(self, manifest: pb.CheckpointManifest, chunks: ChunkSource) -> VersionInfo:
+        """Store a new version of ``manifest.app`` from its manifest and its chunks; return what was stored.
+
+        ``chunks`` must hold every chunk the store lacks (extra ones are ignored): raw ``Piece``s from
+        ``make_draft``, or ``StoredChunk``s (from a peer or an export), which are checked against their hash.
+        The store sets the version number, the parent (the latest version unless ``manifest.parent`` is set),
+        the time (unless set) and the bytes added. The version is visible only once all of it is stored.
+        """
+        return self._put(manifest, chunks, new_app=False)
+
+    def _put(self, manifest: pb.CheckpointManifest, chunks: ChunkSource, *, new_app: bool) -> VersionInfo:
+        check_format(manifest, f"the checkpoint of {manifest.app!r}")
+        missing = self.missing(chunk_hashes(manifest))
+        ready = {digest: _encoded(digest, chunks) for digest in missing}
+
+        def source(digest: bytes) -> StoredChunk:  # a chunk another task removed since we looked
+            return ready[digest] if digest in ready else _encoded(digest, chunks)
+
+        return self._write(lambda conn: _writes.put_version(conn, manifest, source, new_app=new_app))
+
+    def put_draft(self, draft: Draft) -> VersionInfo:
+        """``put_version`` of a draft made in this process."""
+        return self.put_version(draft.manifest, draft.pieces)
+
+    def export(self, app: str, out: BinaryIO, version: int | None = None) -> int:
+        """Write one version (the latest by default), its chunks and code to ``out``; return the bytes written."""
+        with self._read() as conn:
+            row = _rows.find_version(conn, app, version)
+            return _archive.write_export(out, row.manifest, _rows.read_version_chunks(conn, row.id))
+
+    def import_(self, src: BinaryIO, name: str = "", source: str = "the file") -> VersionInfo:
+        """Check an export from ``src`` whole, then store it as the first version of a new app (``name``, or
+        the name it was exported under). ``source`` names the file in error messages."""
+        manifest, chunks = _archive.read_export(src, source)
+        imported = pb.CheckpointManifest()
+        imported.CopyFrom(manifest)
+        imported.app = name or manifest.app
+        imported.origin_app, imported.origin_version = manifest.app, manifest.version
+        imported.kind, imported.parent, imported.created = proto_kind(Kind.IMPORT), 0, 0
+        imported.message = f"import of {manifest.app} version {manifest.version}"
+        return self._put(imported, chunks, new_app=True)
+
+    def restore(self, app: str, version: int, message: str = "") -> VersionInfo:
+        """Bring back ``version`` as a new version whose parent it is (history is never rewritten)."""
+        text = message or f"restore of version {version}"
+        return self._write(lambda conn: _writes.copy_version(conn, app, version, app, Kind.RESTORE, text))
+
+    def fork(self, app: str, new_app: str, version: int | None = None, message: str = "") -> VersionInfo:
+        """A new app whose first version is ``app``'s ``version`` (its latest by default), sharing every chunk."""
+        number = version if version is not None else self._latest_number(app)
+        text = message or f"fork of {app} version {number}"
+        return self._write(lambda conn: _writes.copy_version(conn, app, number, new_app, Kind.FORK, text))
+
+    def delete_versions(self, app: str, versions: Sequence[int]) -> list[int]:
+        """Delete versions of ``app``; return those that existed. Their chunks stay until ``gc``."""
+        return self._write(lambda conn: _writes.delete_versions(conn, app, versions))
+
+    def apply_retention(self, app: str, policy: _retention.RetentionPolicy) -> list[int]:
+        """Thin ``app``'s automatic versions by ``policy``; return the versions deleted."""
+        return self._write(lambda conn: _writes.retain(conn, app, policy))
+
+    def remove_app(self, app: str) -> int:
+        """Delete every version of ``app`` (``mig rm``); return how many. Chunks stay until ``gc``."""
+        return self._write(lambda conn: _writes.remove_app(conn, app))
+
+    def gc(self) -> _writes.GcReport:
+        """Delete every chunk that no version references."""
+        return self._write(_writes.gc)
+
+    def _latest_number(self, app: str) -> int:
+        with self._read() as conn:
+            return _rows.find_version(conn, app, None).info.version
+
+    def _write(self, task: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise CheckpointError(f"the checkpoint store {self.path} is open read-only or closed")
+        return self._writer.run(task)
+
+
+def _encoded(digest: bytes, chunks: ChunkSource) -> StoredChunk:
+    """The stored form of a chunk the caller gave: raw pieces are compressed, stored ones are checked."""
+    given = chunks.get(digest)
+    if given is None:
+        raise CheckpointError(f"chunk {digest.hex()[:16]} of the checkpoint was not given and is not stored")
+    if isinstance(given, Piece):
+        return encode(given.data, given.level)
+    try:
+        check_chunk(digest, given)
+    except Damage as damage:
+        raise CheckpointError(f"refusing a chunk that fails its check: {damage}") from None
+    return given
+
+
+def _damaged(app: str, version: int, damage: Damage) -> CheckpointDamagedError:
+    return CheckpointDamagedError(
+        f"version {version} of {app!r} is damaged ({damage}); restore an earlier version (mig history {app})",
+        app=app,
+        version=version,
+    )
+
+
+def _damaged_versions(conn: sqlite3.Connection, bad: Mapping[int, tuple[bytes, str]]) -> list[Damaged]:
+    found: list[Damaged] = []
+    for chunk_id, (digest, reason) in bad.items():
+        rows = conn.execute(
+            "SELECT a.name, v.version FROM version_chunks vc JOIN versions v ON v.id = vc.version_id "
+            "JOIN apps a ON a.id = v.app_id WHERE vc.chunk_id = ? ORDER BY a.name, v.version",
+            (chunk_id,),
+        ).fetchall()
+        found += [Damaged(app, version, digest, reason) for app, version in rows] or [Damaged("", 0, digest, reason)]
+    return found

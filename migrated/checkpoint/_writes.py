@@ -1,0 +1,186 @@
+"""The store's write tasks. Each runs on the writer thread, in one transaction: a version becomes visible
+with all its chunks, or not at all."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from migrated.checkpoint import _retention
+from migrated.checkpoint._codec import StoredChunk
+from migrated.checkpoint._manifest import Kind, chunk_hashes, kind_of, proto_kind
+from migrated.checkpoint._rows import VersionInfo, chunk_ids, find_version, version_infos
+from migrated.checkpoint._writer import immediate
+from migrated.errors import AppExistsError, CheckpointError
+from migrated.transport.v1 import checkpoint_pb2 as pb
+
+__all__ = ["GcReport", "copy_version", "delete_versions", "gc", "put_version", "remove_app", "retain"]
+
+Encode = Callable[[bytes], StoredChunk]
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What a garbage collection removed."""
+
+    chunks: int
+    bytes: int
+
+
+def put_version(
+    conn: sqlite3.Connection, manifest: pb.CheckpointManifest, encode: Encode, *, new_app: bool = False
+) -> VersionInfo:
+    """Store the chunks the store lacks (``encode(hash)`` gives them), then the version that uses them.
+    With ``new_app``, refuse an app that has versions already."""
+    with immediate(conn):
+        if new_app:
+            _refuse_existing(conn, manifest.app)
+        hashes = chunk_hashes(manifest)
+        ids = chunk_ids(conn, hashes)
+        added = 0
+        for digest in hashes:
+            if digest not in ids:
+                ids[digest], size = _insert_chunk(conn, digest, encode(digest))
+                added += size
+        app_id, number, latest = _app_for_new_version(conn, manifest.app)
+        final = _finish(manifest, number, manifest.parent or latest, added)
+        return _insert_version(conn, app_id, final, set(ids.values()))
+
+
+def copy_version(
+    conn: sqlite3.Connection, app: str, version: int, new_app: str, kind: Kind, message: str
+) -> VersionInfo:
+    """A new version of ``new_app`` with the same state and code as ``app``'s ``version`` (restore, fork)."""
+    with immediate(conn):
+        source = find_version(conn, app, version)
+        if new_app != app:
+            _refuse_existing(conn, new_app)
+        app_id, number, _ = _app_for_new_version(conn, new_app)
+        manifest = pb.CheckpointManifest()
+        manifest.CopyFrom(source.manifest)
+        manifest.app, manifest.kind, manifest.message, manifest.created = new_app, proto_kind(kind), message, 0
+        parent = version if new_app == app else 0
+        if new_app != app:
+            manifest.origin_app, manifest.origin_version = app, version
+        final = _finish(manifest, number, parent, 0)
+        ids = [row[0] for row in conn.execute("SELECT chunk_id FROM version_chunks WHERE version_id = ?", (source.id,))]
+        return _insert_version(conn, app_id, final, set(ids))
+
+
+def _refuse_existing(conn: sqlite3.Connection, app: str) -> None:
+    if conn.execute("SELECT 1 FROM versions v JOIN apps a ON a.id = v.app_id WHERE a.name = ?", (app,)).fetchone():
+        raise AppExistsError(f"an app named {app!r} has checkpoints already; choose another name")
+
+
+def delete_versions(conn: sqlite3.Connection, app: str, versions: Sequence[int]) -> list[int]:
+    """Delete those ``versions`` of ``app`` that exist; their chunks stay until ``gc``."""
+    with immediate(conn):
+        return _delete(conn, app, versions)
+
+
+def retain(conn: sqlite3.Connection, app: str, policy: _retention.RetentionPolicy) -> list[int]:
+    """Apply a retention policy to ``app``; return the versions it deleted."""
+    with immediate(conn):
+        return _delete(conn, app, _retention.thin(version_infos(conn, app), policy))
+
+
+def remove_app(conn: sqlite3.Connection, app: str) -> int:
+    """Delete every version of ``app``; return how many there were."""
+    with immediate(conn):
+        count = conn.execute(
+            "SELECT COUNT(*) FROM versions v JOIN apps a ON a.id = v.app_id WHERE a.name = ?", (app,)
+        ).fetchone()[0]
+        conn.execute("DELETE FROM apps WHERE name = ?", (app,))
+        return int(count)
+
+
+def gc(conn: sqlite3.Connection) -> GcReport:
+    """Delete every chunk no version references, then give the freed pages back to the file system."""
+    unused = "NOT EXISTS (SELECT 1 FROM version_chunks vc WHERE vc.chunk_id = chunks.id)"
+    with immediate(conn):
+        count, size = conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM chunks WHERE {unused}"
+        ).fetchone()
+        conn.execute(f"DELETE FROM chunks WHERE {unused}")
+    conn.execute("PRAGMA incremental_vacuum")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return GcReport(count, size)
+
+
+def _delete(conn: sqlite3.Connection, app: str, versions: Sequence[int]) -> list[int]:
+    deleted = []
+    for version in versions:
+        cursor = conn.execute(
+            "DELETE FROM versions WHERE version = ? AND app_id = (SELECT id FROM apps WHERE name = ?)", (version, app)
+        )
+        if cursor.rowcount:
+            deleted.append(version)
+    return deleted
+
+
+def _insert_chunk(conn: sqlite3.Connection, digest: bytes, stored: StoredChunk) -> tuple[int, int]:
+    size = memoryview(stored.data).nbytes
+    cursor = conn.execute(
+        "INSERT INTO chunks (hash, codec, raw_size, stored_size, data) VALUES (?, ?, ?, ?, ?)",
+        (digest, int(stored.codec), stored.raw_size, size, stored.data),
+    )
+    return _rowid(cursor), size
+
+
+def _app_for_new_version(conn: sqlite3.Connection, app: str) -> tuple[int, int, int]:
+    """The app's row id, its next version number and its latest version (0 for none); creates the app."""
+    if not app:
+        raise CheckpointError("a checkpoint needs an app name")
+    conn.execute("INSERT OR IGNORE INTO apps (name, created) VALUES (?, ?)", (app, time.time()))
+    app_id, number = conn.execute("SELECT id, next_version FROM apps WHERE name = ?", (app,)).fetchone()
+    latest = conn.execute("SELECT MAX(version) FROM versions WHERE app_id = ?", (app_id,)).fetchone()[0]
+    return app_id, number, latest or 0
+
+
+def _finish(manifest: pb.CheckpointManifest, number: int, parent: int, added: int) -> pb.CheckpointManifest:
+    final = pb.CheckpointManifest()
+    final.CopyFrom(manifest)
+    final.version, final.parent, final.bytes_added = number, parent, added
+    final.created = final.created or time.time()
+    return final
+
+
+def _insert_version(
+    conn: sqlite3.Connection, app_id: int, manifest: pb.CheckpointManifest, ids: set[int]
+) -> VersionInfo:
+    info = VersionInfo(
+        manifest.app,
+        manifest.version,
+        manifest.parent,
+        manifest.created,
+        kind_of(manifest),
+        manifest.message,
+        manifest.bytes_added,
+        manifest.total_bytes,
+    )
+    cursor = conn.execute(
+        "INSERT INTO versions (app_id, version, parent, created, kind, message, bytes_added, total_bytes, manifest) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            app_id,
+            info.version,
+            info.parent or None,
+            info.created,
+            info.kind.value,
+            info.message,
+            info.bytes_added,
+            info.total_bytes,
+            manifest.SerializeToString(),
+        ),
+    )
+    version_id = _rowid(cursor)
+    conn.executemany("INSERT INTO version_chunks (version_id, chunk_id) VALUES (?, ?)", ((version_id, i) for i in ids))
+    conn.execute("UPDATE apps SET next_version = ? WHERE id = ?", (info.version + 1, app_id))
+    return info
+
+
+def _rowid(cursor: sqlite3.Cursor) -> int:
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
