@@ -186,13 +186,19 @@ def full_checkpoint(name: str, app: Holder, runs: int, *, with_dill: bool = True
 
 def one_checkpoint(name: str, app: Holder) -> dict[str, Any]:
     with scratch() as where, Store(where / "checkpoints.db") as store:
-        capture_s, snapshot = timed(lambda: capture(app, name))
-        detach_s, detached = timed(snapshot.detach)
-        draft_s, draft = timed(lambda: make_draft(name, detached, kind="manual"))
-        put_s, info = timed(lambda: store.put_draft(draft))
+        result = store_one(name, app, store)
         load_s, loaded = timed(lambda: store.load(name))
         restore_s, _ = timed(lambda: restore(loaded.snapshot))
-    stream = bytes(snapshot.stream_bytes())
+    return result | {"load_s": round(load_s, 4), "restore_s": round(restore_s, 4)}
+
+
+def store_one(name: str, app: Holder, store: Store) -> dict[str, Any]:
+    """Capture, detach, chunk and store ``app`` once; timings and sizes (the copies are freed on return)."""
+    capture_s, snapshot = timed(lambda: capture(app, name))
+    detach_s, detached = timed(snapshot.detach)
+    draft_s, draft = timed(lambda: make_draft(name, detached, kind="manual"))
+    put_s, info = timed(lambda: store.put_draft(draft))
+    stream = snapshot.stream_bytes()
     return {
         "state_bytes": snapshot.size,
         "stream_bytes": len(stream),
@@ -206,8 +212,6 @@ def one_checkpoint(name: str, app: Holder) -> dict[str, Any]:
         "chunk_hash_s": round(draft_s, 4),
         "store_s": round(put_s, 4),
         "total_s": round(capture_s + detach_s + draft_s + put_s, 4),
-        "load_s": round(load_s, 4),
-        "restore_s": round(restore_s, 4),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import subprocess
@@ -108,18 +109,33 @@ def _start(state_dir: Path) -> Daemon:
         ready = _wait_ready(read_fd, START_TIMEOUT)
     finally:
         os.close(read_fd)
-    deadline = time.monotonic() + (2.0 if ready else 5.0)
+    deadline = time.monotonic() + (2.0 if ready else START_TIMEOUT)
     while time.monotonic() < deadline:
         daemon = _try_connect(state_dir)
         if daemon is not None:
             return daemon
-        if proc.poll() is not None and not ready:
-            break
+        if proc.poll() is not None and not ready and not _locked(state_dir):
+            break  # ours failed, and no other daemon is starting on this directory
         time.sleep(0.05)
     daemon = _try_connect(state_dir)  # another mig may have started the daemon at the same time
     if daemon is not None:
         return daemon
     raise DaemonError(f"the daemon for {state_dir} failed to start: {_last_error(state_dir)}")
+
+
+def _locked(state_dir: Path) -> bool:
+    """Whether a daemon holds the directory's lock (another mig may have started one at the same time)."""
+    try:
+        fd = os.open(state_dir / "daemon.lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _wait_ready(fd: int, timeout: float) -> bool:

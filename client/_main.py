@@ -173,9 +173,65 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("name")
+@click.option("-m", "--message", default="", help="A note kept with the version.")
+@pass_ctx
+def checkpoint(ctx: Context, name: str, message: str) -> None:
+    """Save a running app's state as a new version; it keeps running."""
+    reply = ctx.daemon.call(ctx.daemon.stub.Checkpoint, pb.CheckpointRequest(name=name, message=message))
+    version = reply.version
+    click.echo(
+        f"{name}: version {version.version} ({_render.size(version.bytes_added)} added, "
+        f"{_render.size(version.total_bytes)} in all); paused {reply.pause_seconds * 1000:.1f} ms"
+    )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def history(ctx: Context, name: str, as_json: bool) -> None:
+    """List an app's versions, oldest first."""
+    reply = ctx.daemon.call(ctx.daemon.stub.History, pb.AppRef(name=name))
+    if as_json:
+        click.echo(json.dumps([_render.version_json(entry) for entry in reply.versions], indent=2))
+    else:
+        _render.history_table(list(reply.versions))
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+def close(ctx: Context, name: str) -> None:
+    """Save an app and stop it; mig open brings it back where it left off."""
+    info = ctx.daemon.call(ctx.daemon.stub.Close, pb.AppRef(name=name))
+    click.echo(f"closed {info.name} at version {info.version}; mig open {info.name} brings it back")
+
+
+@cli.command(name="open")
+@click.argument("name")
+@click.option("--version", type=int, default=0, help="Open this version instead of the latest.")
+@pass_ctx
+def open_(ctx: Context, name: str, version: int) -> None:
+    """Bring a closed app back from its latest version (or --version N)."""
+    info = ctx.daemon.call(ctx.daemon.stub.Open, pb.OpenRequest(name=name, version=version))
+    click.echo(f"opened {info.name} (pid {info.pid}) from version {version or info.version}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@pass_ctx
+def restore(ctx: Context, name: str, version: int) -> None:
+    """Go back to VERSION: it becomes a new latest version (history is kept); a running app goes on from it."""
+    info = ctx.daemon.call(ctx.daemon.stub.Restore, pb.RestoreRequest(name=name, version=version))
+    click.echo(f"{info.name} restored version {version} as version {info.version} ({_render.state_name(info.state)})")
+
+
+@cli.command()
 @pass_ctx
 def shutdown(ctx: Context) -> None:
-    """Stop the daemon (running apps are stopped first)."""
+    """Stop the daemon; running apps are closed first (mig open brings them back)."""
     ctx.daemon.call(ctx.daemon.stub.Shutdown, pb.ShutdownRequest())
     click.echo(f"the daemon for {ctx.state_dir} is stopping")
 

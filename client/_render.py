@@ -8,7 +8,16 @@ from typing import Any
 
 from migrated.transport.v1 import control_pb2 as pb
 
-__all__ = ["app_json", "app_table", "state_name", "status_json", "status_text"]
+__all__ = [
+    "app_json",
+    "app_table",
+    "history_table",
+    "size",
+    "state_name",
+    "status_json",
+    "status_text",
+    "version_json",
+]
 
 
 def state_name(state: pb.AppState.ValueType) -> str:
@@ -101,3 +110,51 @@ def status_text(reply: pb.StatusReply) -> None:
     print(f"up          {_age(reply.started_at)}")
     print(f"apps        {reply.apps_running} running, {reply.apps_total} in all")
     print(f"memory      {reply.rss_bytes / 2**20:.1f} MiB")
+
+
+def size(count: int) -> str:
+    """A byte count for people: 512 B, 3.2 KiB, 256.0 MiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+def version_json(entry: pb.VersionEntry) -> dict[str, Any]:
+    """One version as ``mig history --json`` shows it."""
+    return {
+        "version": entry.version,
+        "parent": entry.parent or None,
+        "created": _iso(entry.created),
+        "kind": entry.kind,
+        "message": entry.message,
+        "bytes_added": entry.bytes_added,
+        "total_bytes": entry.total_bytes,
+    }
+
+
+def history_table(entries: list[pb.VersionEntry]) -> None:
+    """Print versions as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not entries:
+        print("no versions yet; mig checkpoint NAME saves one")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("VERSION", "PARENT", "TIME", "KIND", "ADDED", "SIZE", "MESSAGE"):
+        table.add_column(column)
+    for entry in entries:
+        created = dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            str(entry.version),
+            str(entry.parent) if entry.parent else "-",
+            created,
+            entry.kind,
+            size(entry.bytes_added),
+            size(entry.total_bytes),
+            entry.message,
+        )
+    Console().print(table)

@@ -128,5 +128,11 @@ def test_runners_die_with_a_killed_daemon(daemons: Daemons, app_dir: AppDir) -> 
     assert pids == {daemon.app("orphan1")["pid"], daemon.app("orphan2")["pid"]}
     os.kill(daemon.pid, signal.SIGKILL)
     wait_until(lambda: not any(pid_alive(pid) for pid in pids), 10, what="the runners to die with their daemon")
-    # The stale socket does not stop a new daemon on the same directory.
-    daemons.start(state_dir=daemon.dir).mig("run", str(app_dir.path / "orphan1.py"))
+    # The stale socket does not stop a new daemon on the same directory, which remembers the apps it lost.
+    again = daemons.start(state_dir=daemon.dir)
+    entry = again.app("orphan1")
+    assert entry["state"] == "crashed" and entry["pid"] is None
+    assert "before it had a checkpoint" in entry["reason"]
+    again.mig("rm", "orphan1")
+    again.mig("run", str(app_dir.path / "orphan1.py"))
+    assert again.app("orphan1")["state"] == "running"

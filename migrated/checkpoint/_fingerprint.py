@@ -36,7 +36,8 @@ def package_versions(modules: Mapping[str, ModuleType] | None = None) -> dict[st
     found: dict[str, str] = {}
     for name in sorted(top - set(sys.stdlib_module_names) - {_OWN}):
         for dist in _distributions().get(name, ()):
-            found.setdefault(dist, _version(dist))
+            if dist != _OWN:  # the `client` package is ours too
+                found.setdefault(dist, _version(dist))
     return {name: version for name, version in found.items() if version}
 
 
@@ -45,6 +46,7 @@ def _distributions() -> Mapping[str, list[str]]:
     return importlib.metadata.packages_distributions()
 
 
+@functools.cache  # the version of a loaded module cannot change under it
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)

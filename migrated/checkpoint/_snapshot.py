@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -67,4 +68,4 @@ def _size(data: Bytes) -> int:
 
 def _frozen(data: Bytes) -> Bytes:
     owner = data.obj if isinstance(data, memoryview) else data
-    return data if isinstance(owner, bytes) else bytes(data)
+    return data if isinstance(owner, bytes | io.BytesIO) else bytes(data)  # a BytesIO: the stream's own buffer

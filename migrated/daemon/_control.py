@@ -11,6 +11,7 @@ from typing import Any
 import grpc.aio
 
 import migrated
+from migrated.checkpoint import VersionInfo
 from migrated.daemon._apps import AppRecord, AppSpec, AppTable, State
 from migrated.errors import AppFileError, UsageError
 from migrated.transport.v1 import control_pb2 as pb
@@ -24,6 +25,7 @@ _STATES = {
     State.STOPPING: pb.APP_STATE_STOPPING,
     State.EXITED: pb.APP_STATE_EXITED,
     State.CRASHED: pb.APP_STATE_CRASHED,
+    State.CLOSED: pb.APP_STATE_CLOSED,
 }
 _KINDS = {"script": pb.APP_KIND_SCRIPT, "repl": pb.APP_KIND_REPL}
 BATCH_LINES = 8192
@@ -60,6 +62,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             exit_code=record.exit_code,
             reason=record.reason,
             console_seq=record.console.log.next_seq - 1,
+            version=record.version,
         )
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
@@ -124,6 +127,24 @@ class ControlService(control_pb2_grpc.ControlServicer):
         if request.follow:
             yield pb.ConsoleBatch(app=self.info(record))
 
+    async def Checkpoint(self, request: pb.CheckpointRequest, context: Context) -> pb.CheckpointReply:
+        info, captured = await self.apps.checkpoint(request.name, "manual", request.message)
+        return pb.CheckpointReply(
+            version=_version(info), pause_seconds=captured.pause, capture_seconds=captured.capture
+        )
+
+    async def History(self, request: pb.AppRef, context: Context) -> pb.HistoryReply:
+        return pb.HistoryReply(versions=[_version(info) for info in await self.apps.history(request.name)])
+
+    async def Close(self, request: pb.AppRef, context: Context) -> pb.AppInfo:
+        return self.info(await self.apps.close(request.name))
+
+    async def Open(self, request: pb.OpenRequest, context: Context) -> pb.AppInfo:
+        return self.info(await self.apps.open(request.name, request.version))
+
+    async def Restore(self, request: pb.RestoreRequest, context: Context) -> pb.AppInfo:
+        return self.info(await self.apps.restore(request.name, request.version))
+
     async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownReply:
         asyncio.get_running_loop().call_soon(self._shutdown)
         return pb.ShutdownReply()
@@ -145,6 +166,19 @@ def _spec(request: pb.RunRequest) -> AppSpec:
         app_class=request.app_class,
         cwd=request.cwd or os.getcwd(),
         args=tuple(request.args),
+    )
+
+
+def _version(info: VersionInfo) -> pb.VersionEntry:
+    return pb.VersionEntry(
+        app=info.app,
+        version=info.version,
+        parent=info.parent,
+        created=info.created,
+        kind=str(info.kind),
+        message=info.message,
+        bytes_added=info.bytes_added,
+        total_bytes=info.total_bytes,
     )
 
 

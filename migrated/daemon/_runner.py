@@ -8,17 +8,36 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
+from migrated.checkpoint._chunks import Piece
+from migrated.checkpoint._manifest import chunk_hashes
 from migrated.daemon._console import Console
 from migrated.errors import RunnerError, error_class
 from migrated.runtime import _wire
+from migrated.transport.v1 import checkpoint_pb2 as pb
 
-__all__ = ["Outcome", "Runner"]
+__all__ = ["Captured", "Outcome", "Runner"]
 
+_REPLIES = frozenset({_wire.Kind.MANIFEST, _wire.Kind.CHUNK, _wire.Kind.CAPTURED, _wire.Kind.CAPTURE_FAILED})
+
+Missing = Callable[[list[bytes]], Awaitable[list[bytes]]]
 LOAD_TIMEOUT = 60.0
 PIPE_DRAIN = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """A checkpoint as the runner sent it: its manifest and the chunks the store lacked."""
+
+    manifest: pb.CheckpointManifest
+    chunks: dict[bytes, Piece]
+    pause: float
+    capture: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +63,7 @@ class Runner:
         self._last_report: _wire.Frame | None = None
         self._pump: asyncio.Task[None] | None = None
         self._malformed = ""
+        self._replies: asyncio.Queue[_wire.Frame | None] = asyncio.Queue()
 
     @property
     def pid(self) -> int:
@@ -76,8 +96,8 @@ class Runner:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         return cls(proc, reader, writer)
 
-    async def load(self, spec: dict[str, Any], console: Console) -> str:
-        """Send the app to load; return its class name, or raise the error the runner reported."""
+    async def load(self, spec: dict[str, Any], console: Console) -> dict[str, Any]:
+        """Send the app to load; return what the runner reported, or raise the error it reported."""
         self._writer.write(_wire.encode_json(_wire.Kind.LOAD, spec))
         await self._writer.drain()
         pump = asyncio.create_task(self.pump(console))
@@ -88,7 +108,7 @@ class Runner:
             raise RunnerError(f"the app took more than {LOAD_TIMEOUT:.0f} s to load; check its imports") from None
         if frame is not None and frame.kind is _wire.Kind.LOADED:
             self._pump = pump
-            return str(_body(frame).get("app_class", ""))
+            return _body(frame)
         self.kill()
         await pump
         code = await self.proc.wait()
@@ -112,7 +132,9 @@ class Runner:
     async def wait(self) -> Outcome:
         """Wait for the runner to end (its output drained) and say how it ended."""
         while (frame := await self._next_frame()) is not None:
-            if frame.kind in (_wire.Kind.EXITED, _wire.Kind.CRASHED):
+            if frame.kind in _REPLIES:
+                self._replies.put_nowait(frame)
+            elif frame.kind in (_wire.Kind.EXITED, _wire.Kind.CRASHED):
                 try:
                     frame.json()
                 except _wire.FrameError as exc:
@@ -120,6 +142,7 @@ class Runner:
                     self.kill()
                     continue
                 self._last_report = frame
+        self._replies.put_nowait(None)
         # Processes the app started die with it, as under a service manager. They also hold the console pipe,
         # and until Python 3.12 Process.wait() returns only once that pipe is closed.
         try:
@@ -152,9 +175,47 @@ class Runner:
             return Outcome(False, 0, "the runner process ended with status 0")
         return Outcome(True, code, f"the runner process ended with status {code} without a report")
 
+    async def checkpoint(self, kind: str, message: str, missing: Missing, hold: bool = False) -> Captured:
+        """Have the runner capture its app between two events and send the chunks ``missing`` says are new.
+
+        With ``hold`` the app stays frozen afterwards until ``request_stop`` or ``resume``.
+        """
+        request = {"kind": kind, "message": message, "hold": hold}
+        await self._send(_wire.encode_json(_wire.Kind.CHECKPOINT, request))
+        frame = await self._reply()
+        if frame.kind is _wire.Kind.CAPTURE_FAILED:
+            body = _body(frame)
+            raise error_class(str(body.get("error")))(str(body.get("message")))
+        if frame.kind is not _wire.Kind.MANIFEST:
+            raise RunnerError(f"the runner answered a checkpoint with {frame.kind.name}; try again")
+        try:
+            manifest = pb.CheckpointManifest.FromString(frame.payload)
+        except DecodeError:
+            raise RunnerError("the runner sent a manifest that does not decode; try again") from None
+        need = await missing(chunk_hashes(manifest))
+        await self._send(_wire.encode(_wire.Kind.NEED, b"".join(need)))
+        chunks: dict[bytes, Piece] = {}
+        while (frame := await self._reply()).kind is _wire.Kind.CHUNK:
+            chunks[frame.payload[:32]] = Piece(memoryview(frame.payload)[33:], frame.payload[32])
+        body = _body(frame)
+        if frame.kind is not _wire.Kind.CAPTURED or set(need) - chunks.keys():
+            raise RunnerError("the runner did not send every chunk of the checkpoint; try again")
+        return Captured(manifest, chunks, float(body.get("pause", 0.0)), float(body.get("capture", 0.0)))
+
+    async def _reply(self) -> _wire.Frame:
+        frame = await self._replies.get()
+        if frame is None:
+            self._replies.put_nowait(None)
+            raise RunnerError("the app's runner ended during the checkpoint; see mig logs")
+        return frame
+
     async def send_input(self, line: str) -> None:
         """Deliver one line to the app's ``on_input``."""
         await self._send(_wire.encode(_wire.Kind.INPUT, line.encode()))
+
+    async def resume(self) -> None:
+        """Let an app held frozen after a checkpoint go on."""
+        await self._send(_wire.encode(_wire.Kind.RESUME))
 
     async def request_stop(self, reason: str) -> None:
         """Ask the app to run ``on_stop`` and end."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc.aio
 
+from migrated.checkpoint import Store
 from migrated.daemon._apps import AppTable
 from migrated.daemon._control import ControlService
 from migrated.daemon._statedir import StateDir
@@ -40,9 +41,13 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    store = Store(config.state_dir / "checkpoints.sqlite")
     try:
         async with asyncio.TaskGroup() as tasks:
-            apps = AppTable(tasks, config.state_dir / "console", config.console_lines, config.console_bytes)
+            apps = AppTable(tasks, config.state_dir, store, config.console_lines, config.console_bytes)
+            await apps.load_saved()
+            if store.unclean:
+                log.warning("the checkpoint store was not closed cleanly; quick_check: %s", store.problems or "ok")
             server = grpc.aio.server(interceptors=[ErrorInterceptor()])
             service = ControlService(apps, config.host, str(config.state_dir), stop.set)
             control_pb2_grpc.add_ControlServicer_to_server(service, server)
@@ -52,9 +57,10 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
             ready()
             await stop.wait()
             log.info("stopping")
-            await apps.stop_all("the daemon stopped")
+            await apps.close_all()
             await server.stop(grace=1.0)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await asyncio.to_thread(store.close)
         state_dir.close()

@@ -38,8 +38,28 @@ class Channel:
 
     def send(self, kind: _wire.Kind, value: dict[str, Any]) -> None:
         """Send a JSON frame; a daemon that went away is ignored here and noticed by ``recv``."""
+        self.send_raw(_wire.encode_json(kind, value))
+
+    def send_raw(self, frame: bytes) -> None:
+        """Send encoded frames."""
         with contextlib.suppress(OSError):
-            self.sock.sendall(_wire.encode_json(kind, value))
+            self.sock.sendall(frame)
+
+    def recv_reply(self, *kinds: _wire.Kind) -> _wire.Frame | None:
+        """Block for the next frame of one of ``kinds``; frames of other kinds stay queued, in order."""
+        for index, frame in enumerate(self._frames):
+            if frame.kind in kinds:
+                return self._frames.pop(index)
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            frames = self._decoder.feed(data)
+            for index, frame in enumerate(frames):
+                if frame.kind in kinds:
+                    self._frames.extend(frames[index + 1 :])
+                    return frame
+                self._frames.append(frame)
 
     def recv(self) -> _wire.Frame | None:
         """Block for the next frame; ``None`` when the daemon closed its end."""
@@ -62,8 +82,9 @@ class _Stop(Exception):
 class Driver:
     """Calls the app's handlers: start, then steps on their timer, with input and stop between them."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, spec: dict[str, Any]) -> None:
         self.channel = channel
+        self.spec = spec
         self.app = App()
         self.next_step: float | None = None
 
@@ -71,7 +92,7 @@ class Driver:
         """Build the app with ``make_app`` and drive it until it ends; return the runner's exit status."""
         try:
             self.app = self._call(make_app)
-            if type(self.app).step is not App.step:
+            if type(self.app).step is not App.step and (first_run or getattr(self.app, _STEPPING, True)):
                 self.next_step = time.monotonic()
             self._call(self.app.start if first_run else self.app.on_restore)
             while True:
@@ -100,6 +121,8 @@ class Driver:
             self._call(self.app.on_input, frame.text())
         elif frame.kind is _wire.Kind.STOP:
             raise _Stop(frame.json().get("reason", "stopped"))
+        elif frame.kind is _wire.Kind.CHECKPOINT:
+            self._checkpoint(frame.json())
 
     def _step(self) -> None:
         delay = self._call(self.app.step)
@@ -107,6 +130,30 @@ class Driver:
             self.next_step = None
         else:
             self.next_step = time.monotonic() + max(0.0, float(delay))
+
+    def _checkpoint(self, request: dict[str, Any]) -> None:
+        """Capture the state between two events and send the chunks the daemon lacks; the app waits."""
+        started = time.perf_counter()
+        try:
+            draft = _capture(self.app, self.spec, request, stepping=self.next_step is not None)
+        except MigError as exc:
+            self.channel.send(_wire.Kind.CAPTURE_FAILED, {"error": type(exc).__name__, "message": exc.message})
+            return
+        captured = time.perf_counter()
+        self.channel.send_raw(_wire.encode(_wire.Kind.MANIFEST, draft.manifest.SerializeToString()))
+        need = self.channel.recv_reply(_wire.Kind.NEED)
+        if need is None:
+            raise _Stop("the daemon went away")
+        for start in range(0, len(need.payload), 32):
+            digest = need.payload[start : start + 32]
+            piece = draft.pieces[digest]
+            self.channel.send_raw(_wire.encode(_wire.Kind.CHUNK, digest + bytes([piece.level]) + bytes(piece.data)))
+        done = time.perf_counter()
+        self.channel.send(_wire.Kind.CAPTURED, {"pause": done - started, "capture": captured - started})
+        if request.get("hold"):
+            verdict = self.channel.recv_reply(_wire.Kind.STOP, _wire.Kind.RESUME)
+            if verdict is None or verdict.kind is _wire.Kind.STOP:
+                raise _Stop(verdict.json().get("reason", "stopped") if verdict else "the daemon went away")
 
     def _call(self, handler: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -138,6 +185,43 @@ class Driver:
 
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+_STEPPING = "_mig_stepping"  # saved with the state: whether step() still runs after a thaw
+
+
+def _capture(app: App, spec: dict[str, Any], request: dict[str, Any], stepping: bool) -> Any:
+    """A draft checkpoint of ``app`` (imported here: a runner that never checkpoints never pays for it)."""
+    from migrated import checkpoint
+
+    setattr(app, _STEPPING, stepping)
+    snapshot = checkpoint.capture(app, spec["name"])
+    code = checkpoint.code_files(spec["file"]) if spec.get("file") else []
+    return checkpoint.make_draft(
+        spec["name"],
+        snapshot,
+        kind=request.get("kind", "manual"),
+        message=request.get("message", ""),
+        code=code,
+        app_module=type(app).__module__,
+        app_class=type(app).__qualname__,
+        runtime=checkpoint.runtime_fingerprint(),
+        packages=checkpoint.package_versions(),
+    )
+
+
+def _thaw(spec: dict[str, Any]) -> tuple[App, dict[str, Any]]:
+    """The app of a stored version (the latest good one when none is named), and what the daemon should know."""
+    from migrated import checkpoint
+
+    restore = spec["restore"]
+    with checkpoint.Store(restore["store"], readonly=True) as store:
+        notes: list[str] = []
+        if restore.get("version"):
+            loaded = store.load(spec["name"], int(restore["version"]))
+        else:
+            loaded, damaged = store.load_last_good(spec["name"])
+            notes = [error.message for error in damaged]
+        app = checkpoint.restore(loaded.snapshot)
+    return app, {"version": loaded.info.version, "damaged": notes}
 
 
 def _readable(sock: socket.socket, timeout: float | None) -> bool:
@@ -188,18 +272,21 @@ def main(argv: list[str]) -> int:
     spec = frame.json()
     try:
         cls = _load(spec)
+        thawed, loaded = _thaw(spec) if spec.get("restore") else (None, {})
     except MigError as exc:
         channel.send(_wire.Kind.FAILED, {"error": type(exc).__name__, "message": exc.message})
         return 2
     args = [str(arg) for arg in spec.get("args", [])]
-    channel.send(_wire.Kind.LOADED, {"app_class": cls.__qualname__})
+    channel.send(_wire.Kind.LOADED, {"app_class": cls.__qualname__, **loaded})
 
     def make_app() -> App:
+        if thawed is not None:
+            return thawed
         app = cls()
         app.args = args
         return app
 
-    return Driver(channel).run(make_app)
+    return Driver(channel, spec).run(make_app, first_run=thawed is None)
 
 
 if __name__ == "__main__":

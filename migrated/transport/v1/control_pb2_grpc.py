@@ -74,6 +74,31 @@ class ControlStub:
                 request_serializer=migrated_dot_v1_dot_control__pb2.LogsRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_control__pb2.ConsoleBatch.FromString,
                 _registered_method=True)
+        self.Checkpoint = channel.unary_unary(
+                '/migrated.v1.Control/Checkpoint',
+                request_serializer=migrated_dot_v1_dot_control__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.CheckpointReply.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/migrated.v1.Control/History',
+                request_serializer=migrated_dot_v1_dot_control__pb2.AppRef.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.HistoryReply.FromString,
+                _registered_method=True)
+        self.Close = channel.unary_unary(
+                '/migrated.v1.Control/Close',
+                request_serializer=migrated_dot_v1_dot_control__pb2.AppRef.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+                _registered_method=True)
+        self.Open = channel.unary_unary(
+                '/migrated.v1.Control/Open',
+                request_serializer=migrated_dot_v1_dot_control__pb2.OpenRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+                _registered_method=True)
+        self.Restore = channel.unary_unary(
+                '/migrated.v1.Control/Restore',
+                request_serializer=migrated_dot_v1_dot_control__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/migrated.v1.Control/Shutdown',
                 request_serializer=migrated_dot_v1_dot_control__pb2.ShutdownRequest.SerializeToString,
@@ -132,6 +157,36 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Checkpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Close(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Open(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Restore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Shutdown(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -180,6 +235,31 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=migrated_dot_v1_dot_control__pb2.LogsRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_control__pb2.ConsoleBatch.SerializeToString,
+            ),
+            'Checkpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checkpoint,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.CheckpointRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.CheckpointReply.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.AppRef.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.HistoryReply.SerializeToString,
+            ),
+            'Close': grpc.unary_unary_rpc_method_handler(
+                    servicer.Close,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.AppRef.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.AppInfo.SerializeToString,
+            ),
+            'Open': grpc.unary_unary_rpc_method_handler(
+                    servicer.Open,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.OpenRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.AppInfo.SerializeToString,
+            ),
+            'Restore': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.RestoreRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.AppInfo.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -403,6 +483,141 @@ class Control:
             '/migrated.v1.Control/Logs',
             migrated_dot_v1_dot_control__pb2.LogsRequest.SerializeToString,
             migrated_dot_v1_dot_control__pb2.ConsoleBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Checkpoint',
+            migrated_dot_v1_dot_control__pb2.CheckpointRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.CheckpointReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/History',
+            migrated_dot_v1_dot_control__pb2.AppRef.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.HistoryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Close(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Close',
+            migrated_dot_v1_dot_control__pb2.AppRef.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Open(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Open',
+            migrated_dot_v1_dot_control__pb2.OpenRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Restore',
+            migrated_dot_v1_dot_control__pb2.RestoreRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class ControlStub:
     Remove: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveReply]
     Send: _grpc.UnaryUnaryMultiCallable[_control_pb2.SendRequest, _control_pb2.SendReply]
     Logs: _grpc.UnaryStreamMultiCallable[_control_pb2.LogsRequest, _control_pb2.ConsoleBatch]
+    Checkpoint: _grpc.UnaryUnaryMultiCallable[_control_pb2.CheckpointRequest, _control_pb2.CheckpointReply]
+    History: _grpc.UnaryUnaryMultiCallable[_control_pb2.AppRef, _control_pb2.HistoryReply]
+    Close: _grpc.UnaryUnaryMultiCallable[_control_pb2.AppRef, _control_pb2.AppInfo]
+    Open: _grpc.UnaryUnaryMultiCallable[_control_pb2.OpenRequest, _control_pb2.AppInfo]
+    Restore: _grpc.UnaryUnaryMultiCallable[_control_pb2.RestoreRequest, _control_pb2.AppInfo]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_control_pb2.ShutdownRequest, _control_pb2.ShutdownReply]
 
 @_typing.type_check_only
@@ -52,6 +57,11 @@ class ControlAsyncStub(ControlStub):
     Remove: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveReply]  # type: ignore[assignment]
     Send: _aio.UnaryUnaryMultiCallable[_control_pb2.SendRequest, _control_pb2.SendReply]  # type: ignore[assignment]
     Logs: _aio.UnaryStreamMultiCallable[_control_pb2.LogsRequest, _control_pb2.ConsoleBatch]  # type: ignore[assignment]
+    Checkpoint: _aio.UnaryUnaryMultiCallable[_control_pb2.CheckpointRequest, _control_pb2.CheckpointReply]  # type: ignore[assignment]
+    History: _aio.UnaryUnaryMultiCallable[_control_pb2.AppRef, _control_pb2.HistoryReply]  # type: ignore[assignment]
+    Close: _aio.UnaryUnaryMultiCallable[_control_pb2.AppRef, _control_pb2.AppInfo]  # type: ignore[assignment]
+    Open: _aio.UnaryUnaryMultiCallable[_control_pb2.OpenRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
+    Restore: _aio.UnaryUnaryMultiCallable[_control_pb2.RestoreRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_control_pb2.ShutdownRequest, _control_pb2.ShutdownReply]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +120,41 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.LogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.ConsoleBatch], _abc.AsyncIterator[_control_pb2.ConsoleBatch]]: ...
+
+    @_abc_1.abstractmethod
+    def Checkpoint(
+        self,
+        request: _control_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CheckpointReply, _abc.Awaitable[_control_pb2.CheckpointReply]]: ...
+
+    @_abc_1.abstractmethod
+    def History(
+        self,
+        request: _control_pb2.AppRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.HistoryReply, _abc.Awaitable[_control_pb2.HistoryReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Close(
+        self,
+        request: _control_pb2.AppRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AppInfo, _abc.Awaitable[_control_pb2.AppInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Open(
+        self,
+        request: _control_pb2.OpenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AppInfo, _abc.Awaitable[_control_pb2.AppInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Restore(
+        self,
+        request: _control_pb2.RestoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AppInfo, _abc.Awaitable[_control_pb2.AppInfo]]: ...
 
     @_abc_1.abstractmethod
     def Shutdown(
