@@ -87,11 +87,14 @@ def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     target = str(path) if create else f"file:{urllib.parse.quote(str(path))}?mode=rw"
     try:
         conn = sqlite3.connect(target, uri=not create, isolation_level=None, check_same_thread=False)
-    except sqlite3.OperationalError as exc:
-        raise StateDirError(f"cannot open the checkpoint store {path} ({exc}); check the state directory") from None
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.DatabaseError as exc:
+        raise StateDirError(
+            f"cannot open the checkpoint store {path} ({exc}); check the state directory, or move the file aside "
+            "to start an empty store"
+        ) from None
     return conn
 
 

@@ -29,7 +29,7 @@ from migrated.checkpoint._manifest import Draft, Kind, check_format, chunk_hashe
 from migrated.checkpoint._rows import VersionInfo
 from migrated.checkpoint._snapshot import Snapshot
 from migrated.checkpoint._writer import Writer
-from migrated.errors import CheckpointDamagedError, CheckpointError
+from migrated.errors import CheckpointDamagedError, CheckpointError, StateDirError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
 __all__ = ["Damaged", "Loaded", "Store", "VerifyReport"]
@@ -97,6 +97,11 @@ class Store:
             if self.unclean:
                 rows = [row[0] for row in conn.execute("PRAGMA quick_check")]
                 self.problems = [] if rows == ["ok"] else rows
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StateDirError(
+                f"the checkpoint store {self.path} cannot be used ({exc}); move it aside to start an empty one"
+            ) from None
         except BaseException:
             conn.close()
             raise

@@ -176,6 +176,13 @@ def test_a_store_from_a_newer_migrated_is_refused(tmp_path: Path) -> None:
         Store(path)
 
 
+def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.db"
+    path.write_bytes(b"not a database" * 1000)
+    with pytest.raises(StateDirError, match=r"the checkpoint store .* \(file is not a database\).*move the file aside"):
+        Store(path)
+
+
 def test_a_clean_close_leaves_no_unclean_marker(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints.db"
     with Store(path) as store:
