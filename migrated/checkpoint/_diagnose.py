@@ -7,6 +7,7 @@ that leads to it from the app, walking attributes, items, closures and slots by 
 from __future__ import annotations
 
 import collections
+import re
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from migrated.checkpoint._reduce import Refused
 __all__ = ["explain", "find_path"]
 
 _MAX_VISITS = 2_000_000
+_MEMBER = "{…}"  # a member of a set: "a member of self.peers", or "self.peers{…}.sock" further in
 _ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), range, type, types.ModuleType)
 
 
@@ -38,7 +40,8 @@ def explain(
     if path is None:
         where = "self" if app is not None else "the state"
         return f"{head}: {where} holds {what}{reason}; {_remedy(app, None, fix)}"
-    return f"{head}: {path} is {what}{reason}; {_remedy(app, path, fix)}"
+    shown = f"a member of {path.removesuffix(_MEMBER)}" if path.endswith(_MEMBER) else path
+    return f"{head}: {shown} is {what}{reason}; {_remedy(app, path, fix)}"
 
 
 def find_path(roots: list[tuple[str, object]], target: object) -> str | None:
@@ -75,7 +78,7 @@ def _children(value: Any) -> Iterator[tuple[str, object]]:
             yield f"[{index}]", item
     elif isinstance(value, set | frozenset):
         for item in value:
-            yield f" member {_short(item)}", item
+            yield _MEMBER, item
     elif isinstance(value, types.FunctionType | types.MethodType):
         yield from _function_children(value)
     else:
@@ -115,7 +118,7 @@ def _remedy(app: object | None, path: str | None, fix: str) -> str:
         return "leave it out of what is saved"
     if path is None:
         return f"list the attribute that holds it in transient and {fix} in on_restore"
-    attribute = path[len("self.") :].split(".")[0].split("[")[0].split(" ")[0]
+    attribute = re.split(r"[.\[{ ]", path[len("self.") :])[0]
     if path == f"self.{attribute}":
         return f"list it in transient and {fix} in on_restore"
     return f"list {attribute!r} in transient and {fix} in on_restore"
@@ -127,9 +130,7 @@ def _a(value: object) -> str:
 
 
 def _type_name(cls: type) -> str:
-    module = {"builtins": "", "_io": "io", "_socket": "socket", "_thread": "threading"}.get(
-        cls.__module__, cls.__module__
-    )
+    module = {"builtins": "", "_io": "io", "_socket": "socket"}.get(cls.__module__, cls.__module__)
     return f"{module}.{cls.__qualname__}" if module else cls.__qualname__
 
 

@@ -1,5 +1,6 @@
 """Reductions the pickler uses beyond its defaults: the app itself, NumPy arrays and their views, memoryviews,
-functions that cannot be pickled by name (lambdas, closures, nested functions), and the types we refuse.
+functions that cannot be pickled by name (lambdas, closures, nested functions), locks (recreated free, so a
+``queue.Queue`` or a ``threading.Event`` saves too), and the types we refuse.
 
 ``Reductions.reduce`` is the pickler's ``reducer_override``. It is called for every object that is not a
 builtin container or scalar, so the per-type decision is cached.
@@ -7,9 +8,11 @@ builtin container or scalar, so the per-type decision is cached.
 
 from __future__ import annotations
 
+import _thread
 import marshal
 import pickle
 import sys
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -224,9 +227,22 @@ def _extent(array: Any) -> tuple[int, int]:
     return low, high + array.itemsize
 
 
+def _reduce_lock(reductions: Reductions, lock: Any) -> Any:
+    """A lock comes back new and free: between two events nothing of the app may hold one."""
+    if lock.locked():
+        raise Refused(lock, "a lock held between events", "recreate it")
+    return (_thread.allocate_lock, ())
+
+
+def _reduce_rlock(reductions: Reductions, lock: Any) -> Any:
+    return (threading.RLock, ())
+
+
 _SPECIAL: dict[type, _Reducer] = {
     _Root: _reduce_root,
     memoryview: _reduce_memoryview,
     types.CellType: _reduce_cell,
     types.FunctionType: _reduce_function,
+    _thread.LockType: _reduce_lock,
+    type(threading.RLock()): _reduce_rlock,
 }

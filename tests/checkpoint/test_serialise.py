@@ -10,6 +10,7 @@ import enum
 import fractions
 import functools
 import io
+import queue
 import socket
 import sqlite3
 import subprocess
@@ -339,6 +340,31 @@ def test_an_app_that_fails_to_checkpoint_is_unchanged() -> None:
     assert app.n == 1 and app.db.execute("select 1").fetchone() == (1,)
     del app.sock  # type: ignore[attr-defined]
     assert restore(through_chunks(capture(app, "chat"))).n == 1  # type: ignore[attr-defined]
+
+
+def test_a_culprit_in_a_set_is_a_member_of_it() -> None:
+    app = Chat()
+    app.start()
+    with socket.socket() as sock:
+        app.peers = {sock}  # type: ignore[attr-defined]
+        with pytest.raises(UnserialisableStateError, match=r"'chat': a member of self\.peers is a socket"):
+            capture(app, "chat")
+
+
+def test_locks_queues_and_events_come_back_new_and_free() -> None:
+    app = Chat()
+    app.start()
+    app.lock, app.rlock, app.queue, app.event = threading.Lock(), threading.RLock(), queue.Queue(), threading.Event()  # type: ignore[attr-defined]
+    app.queue.put("job")  # type: ignore[attr-defined]
+    app.event.set()  # type: ignore[attr-defined]
+    snapshot = capture(app, "chat")
+    assert snapshot.serializer == "pickle"
+    restored: Any = restore(through_chunks(snapshot))
+    assert restored.queue.get_nowait() == "job" and restored.event.is_set()
+    assert restored.lock.acquire(blocking=False) and restored.rlock.acquire(blocking=False)
+    app.lock.acquire()  # type: ignore[attr-defined]
+    with pytest.raises(UnserialisableStateError, match=r"self\.lock is a lock held between events"):
+        capture(app, "chat")
 
 
 def test_too_deep_a_chain_says_so() -> None:
