@@ -16,7 +16,7 @@ import click
 from client import _render
 from client._connect import Daemon, connect, rpc_error
 from migrated._paths import resolve_state_dir
-from migrated.errors import AppFileError, MigError, UsageError
+from migrated.errors import AppFileError, CheckpointError, MigError, UsageError
 from migrated.transport.v1 import control_pb2 as pb
 
 __all__ = ["cli", "main"]
@@ -59,9 +59,20 @@ def cli(ctx: click.Context, state_dir: str | None) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target", metavar="FILE.py[:Class]")
 @click.option("--name", help="The app's name (default: the file name without .py).")
+@click.option("--autosave", type=float, default=0.0, metavar="SECONDS", help="Checkpoint every SECONDS.")
+@click.option("--keep", default="", metavar="POLICY", help="Thin autosaves, e.g. last=20,hourly=24,daily=7.")
+@click.option(
+    "--restart",
+    type=click.Choice(["on-crash", "never"]),
+    default="on-crash",
+    show_default=True,
+    help="Bring the app back from its last good version when it crashes.",
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
-def run(ctx: Context, target: str, name: str | None, args: tuple[str, ...]) -> None:
+def run(
+    ctx: Context, target: str, name: str | None, autosave: float, keep: str, restart: str, args: tuple[str, ...]
+) -> None:
     """Start an app from FILE.py (arguments after -- go to the app as self.args)."""
     file, app_class = _split_target(target)
     path = Path(os.path.abspath(os.path.expanduser(file)))
@@ -74,6 +85,9 @@ def run(ctx: Context, target: str, name: str | None, args: tuple[str, ...]) -> N
         cwd=os.getcwd(),
         args=list(args),
         kind=pb.APP_KIND_SCRIPT,
+        autosave=autosave,
+        keep=keep,
+        restart=restart,
     )
     info = ctx.daemon.call(ctx.daemon.stub.Run, request)
     click.echo(f"started {info.name} (pid {info.pid}); follow it with: mig logs -f {info.name}")
@@ -226,6 +240,67 @@ def restore(ctx: Context, name: str, version: int) -> None:
     """Go back to VERSION: it becomes a new latest version (history is kept); a running app goes on from it."""
     info = ctx.daemon.call(ctx.daemon.stub.Restore, pb.RestoreRequest(name=name, version=version))
     click.echo(f"{info.name} restored version {version} as version {info.version} ({_render.state_name(info.state)})")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("new_name", metavar="NEW")
+@click.option("--version", type=int, default=0, help="Fork this version instead of the latest.")
+@pass_ctx
+def fork(ctx: Context, name: str, new_name: str, version: int) -> None:
+    """Make a new app NEW from a version of NAME; it shares every stored chunk and starts closed."""
+    request = pb.ForkRequest(name=name, new_name=new_name, version=version)
+    info = ctx.daemon.call(ctx.daemon.stub.Fork, request)
+    click.echo(f"forked {name} as {info.name} (version {info.version}); mig open {info.name} runs it")
+
+
+@cli.command(name="export")
+@click.argument("name")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file to write.")
+@click.option("--version", type=int, default=0, help="Export this version instead of the latest.")
+@pass_ctx
+def export_(ctx: Context, name: str, output: str, version: int) -> None:
+    """Write a version of an app, with its chunks and code, to one portable file."""
+    request = pb.ExportRequest(name=name, path=os.path.abspath(output), version=version)
+    reply = ctx.daemon.call(ctx.daemon.stub.Export, request)
+    click.echo(f"exported {name} version {reply.version.version} to {output} ({_render.size(reply.bytes)})")
+
+
+@cli.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", default="", help="Import under this name (default: the name it was exported under).")
+@pass_ctx
+def import_(ctx: Context, file: str, name: str) -> None:
+    """Check an exported file whole and add it as a new, closed app."""
+    request = pb.ImportRequest(path=os.path.abspath(file), name=name, cwd=os.getcwd())
+    info = ctx.daemon.call(ctx.daemon.stub.Import, request)
+    click.echo(f"imported {info.name} (version {info.version}); mig open {info.name} runs it")
+
+
+@cli.command()
+@pass_ctx
+def gc(ctx: Context) -> None:
+    """Remove stored chunks that no version references."""
+    reply = ctx.daemon.call(ctx.daemon.stub.Gc, pb.GcRequest())
+    click.echo(f"removed {reply.chunks} chunks ({_render.size(reply.bytes)})")
+
+
+@cli.command()
+@pass_ctx
+def verify(ctx: Context) -> None:
+    """Re-hash every stored chunk and report damage by app and version (exit 9 when any is found)."""
+    reply = ctx.daemon.call(ctx.daemon.stub.Verify, pb.VerifyRequest())
+    for damage in reply.damaged:
+        where = f"{damage.app} version {damage.version}" if damage.app else "no version"
+        click.echo(f"damaged: {where}: chunk {damage.chunk[:16]}: {damage.reason}")
+    chunks = len({damage.chunk for damage in reply.damaged})
+    click.echo(f"checked {reply.chunks} chunks ({_render.size(reply.bytes)}): {chunks} damaged")
+    if reply.damaged:
+        versions = sorted({f"{d.app} version {d.version}" for d in reply.damaged if d.app})
+        raise CheckpointError(
+            f"{chunks} stored chunks are damaged, used by {', '.join(versions) or 'no version'}; "
+            "restore or open an earlier version of each app, then run mig gc"
+        )
 
 
 @cli.command()

@@ -48,6 +48,10 @@ def app_json(app: pb.AppInfo) -> dict[str, Any]:
         "exit_code": app.exit_code if app.ended_at else None,
         "reason": app.reason or None,
         "console_lines": app.console_seq,
+        "autosave": app.autosave or None,
+        "keep": app.keep or None,
+        "restart": app.restart or "on-crash",
+        "restarts": app.restarts,
     }
 
 

@@ -272,10 +272,11 @@ class Store:
         imported.message = f"import of {manifest.app} version {manifest.version}"
         return self._put(imported, chunks, new_app=True)
 
-    def restore(self, app: str, version: int, message: str = "") -> VersionInfo:
-        """Bring back ``version`` as a new version whose parent it is (history is never rewritten)."""
+    def restore(self, app: str, version: int, message: str = "", kind: Kind = Kind.RESTORE) -> VersionInfo:
+        """Bring back ``version`` as a new version whose parent it is (history is never rewritten); ``kind`` is
+        ``CRASH`` when the daemon brings an app back after a crash."""
         text = message or f"restore of version {version}"
-        return self._write(lambda conn: _writes.copy_version(conn, app, version, app, Kind.RESTORE, text))
+        return self._write(lambda conn: _writes.copy_version(conn, app, version, app, kind, text))
 
     def fork(self, app: str, new_app: str, version: int | None = None, message: str = "") -> VersionInfo:
         """A new app whose first version is ``app``'s ``version`` (its latest by default), sharing every chunk."""

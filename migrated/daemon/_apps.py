@@ -14,8 +14,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from migrated.checkpoint import Store, VersionInfo
+from migrated.checkpoint import Kind, Store, VersionInfo, parse_policy
 from migrated.daemon._console import Console
 from migrated.daemon._runner import Captured, Outcome, Runner
 from migrated.errors import (
@@ -33,6 +34,9 @@ log = logging.getLogger("migrated.daemon")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 STOP_GRACE = 5.0
+CRASH_WINDOW = 60.0  # crashes this close together count towards giving up
+MAX_CRASHES = 5
+RESTART_POLICIES = ("on-crash", "never")
 
 
 class State(enum.Enum):
@@ -56,6 +60,9 @@ class AppSpec:
     app_class: str
     cwd: str
     args: tuple[str, ...] = ()
+    autosave: float = 0.0  # seconds between autosaves; 0: none
+    keep: str = ""  # retention policy of autosaves; empty: keep all
+    restart: str = "on-crash"  # or "never"
 
 
 @dataclass(eq=False)
@@ -74,6 +81,9 @@ class AppRecord:
     stop_reason: str = ""
     closing: bool = False
     version: int = 0  # latest checkpoint version
+    restarts: int = 0  # times the daemon brought it back after a crash
+    crash_times: list[float] = field(default_factory=list)
+    autosave_task: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one checkpoint or transition at a time
 
@@ -104,6 +114,8 @@ class AppTable:
         self.store = store
         self._console_dir = state_dir / "console"
         self._specs = _SpecFiles(state_dir / "apps")
+        self._code_dir = state_dir / "code"
+        self._shutting_down = asyncio.Event()
         shutil.rmtree(self._console_dir, ignore_errors=True)  # consoles of apps from an earlier daemon run
         self._console_lines = console_lines
         self._console_bytes = console_bytes
@@ -161,8 +173,8 @@ class AppTable:
         self._specs.save(spec, State.RUNNING)
         return record
 
-    async def _start(self, record: AppRecord, load: dict[str, object]) -> None:
-        """Start a runner for ``record`` and load (or thaw) the app in it."""
+    async def _start(self, record: AppRecord, load: dict[str, object]) -> dict[str, Any]:
+        """Start a runner for ``record`` and load (or thaw) the app in it; return what the runner reported."""
         record.state = State.STARTING
         record.runner = None
         try:
@@ -181,7 +193,32 @@ class AppTable:
         for note in loaded.get("damaged", []):
             await record.console.note(str(note))
         self._tasks.create_task(self._watch(record, record.runner), name=f"watch {record.name}")
+        if record.spec.autosave > 0:
+            record.autosave_task = self._tasks.create_task(
+                self._autosave(record, record.runner), name=f"autosave {record.name}"
+            )
         log.info("started %s (pid %d)", record.name, record.pid)
+        return loaded
+
+    async def _autosave(self, record: AppRecord, runner: Runner) -> None:
+        """Checkpoint every ``autosave`` seconds while this runner lives; thin autosaves by the policy."""
+        policy = parse_policy(record.spec.keep) if record.spec.keep else None
+        failure = ""
+        while True:
+            await asyncio.sleep(record.spec.autosave)
+            if record.runner is not runner or not record.running:
+                return
+            if record.state is not State.RUNNING:
+                continue
+            try:
+                await self.checkpoint(record.name, "autosave")
+                if policy is not None:
+                    await asyncio.to_thread(self.store.apply_retention, record.name, policy)
+                failure = ""
+            except MigError as exc:
+                if exc.message != failure:  # say it once, not every period
+                    await record.console.note(f"autosave of {record.name} failed: {exc.message}")
+                failure = exc.message
 
     async def _watch(self, record: AppRecord, runner: Runner) -> None:
         outcome = await runner.wait()
@@ -194,10 +231,62 @@ class AppTable:
         record.exit_code = outcome.exit_code
         record.reason = outcome.reason
         record.ended_at = time.time()
-        await record.console.note(f"{record.name} {record.state.value}: {outcome.reason}")
-        await record.console.close()
+        if record.autosave_task is not None:
+            record.autosave_task.cancel()
+            record.autosave_task = None
+        recover = record.state is State.CRASHED and record.spec.restart == "on-crash" and not record.stop_reason
+        recover = recover and self._apps.get(record.name) is record
+        why_not = self._why_not_recover(record) if recover else ""
+        if why_not:
+            record.reason += f"; not brought back: {why_not} (mig open {record.name} tries again)"
+        await record.console.note(f"{record.name} {record.state.value}: {record.reason}")
+        log.info("%s %s: %s", record.name, record.state.value, record.reason)
+        if recover and not why_not:
+            await self._recover(record)
+        else:
+            await record.console.close()
         record.ended.set()
-        log.info("%s %s: %s", record.name, record.state.value, outcome.reason)
+
+    def _why_not_recover(self, record: AppRecord) -> str:
+        """Why a crashed app cannot be brought back now ("" when it can); counts the crash."""
+        now = time.monotonic()
+        record.crash_times = [t for t in record.crash_times if now - t < CRASH_WINDOW] + [now]
+        if not record.version:
+            return "it has no checkpoint to come back from"
+        if len(record.crash_times) > MAX_CRASHES:
+            return f"it crashed {len(record.crash_times)} times within {CRASH_WINDOW:.0f} s"
+        return ""
+
+    async def _recover(self, record: AppRecord) -> None:
+        """Bring a crashed app back from its last good version, after a backoff that grows with its crashes."""
+        delay = min(30.0, 0.5 * 2 ** (len(record.crash_times) - 1))
+        await record.console.note(f"bringing {record.name} back from its last good version in {delay:.1f} s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._shutting_down.wait(), delay)
+        if self._shutting_down.is_set():
+            await self._give_up(record, "the daemon stopped first")
+            return
+        async with record.lock:
+            if record.running or self._apps.get(record.name) is not record:
+                return  # opened or removed meanwhile
+            record.console.reopen()
+            try:
+                loaded = await self._start(record, _load_spec(record.spec, self.store.path))
+                restored = int(loaded.get("version", record.version))
+                message = f"brought back from version {restored} after: {record.reason}"
+                info = await asyncio.to_thread(self.store.restore, record.name, restored, message, Kind.CRASH)
+            except MigError as exc:
+                await self._give_up(record, f"bringing it back failed: {exc.message}")
+                return
+            record.version = info.version
+            record.restarts += 1
+            self._specs.save(record.spec, State.RUNNING)
+        await record.console.note(f"{record.name} is back from version {restored} (as version {info.version})")
+
+    async def _give_up(self, record: AppRecord, why: str) -> None:
+        record.reason = f"{record.reason}; not brought back: {why} (mig open {record.name} tries again)"
+        await record.console.note(f"{record.name} is not brought back: {why}; mig open {record.name} tries again")
+        await record.console.close()
 
     async def stop(self, name: str, force: bool = False, reason: str = "") -> AppRecord:
         """Stop a running app: ``on_stop`` then exit, or SIGKILL after a grace period (at once if ``force``)."""
@@ -310,6 +399,49 @@ class AppTable:
             return await self.open(name, info.version)
         return record
 
+    async def fork(self, name: str, new_name: str, version: int = 0) -> AppRecord:
+        """A new, closed app from a version of ``name`` (its latest by default), sharing every chunk."""
+        source = self.get(name)
+        spec = dataclasses.replace(source.spec, name=new_name)
+        _check_name(new_name)
+        if new_name in self._apps:
+            raise AppExistsError(f"an app called {new_name!r} exists already; choose another name for the fork")
+        info = await asyncio.to_thread(self.store.fork, name, new_name, version or None)
+        record = self._add_closed(spec, info.version)
+        await record.console.note(f"{new_name} forked from {name} version {version or source.version}")
+        return record
+
+    async def export(self, name: str, path: str, version: int = 0) -> tuple[VersionInfo, int]:
+        """Write a version with its chunks and code to one file (replaced whole, never left half written)."""
+        self.get(name)
+        info = await asyncio.to_thread(self.store.get_version, name, version) if version else None
+        info = info or await asyncio.to_thread(self.store.latest, name)
+        if info is None:
+            raise AppStateError(f"{name!r} has no checkpoint to export; mig checkpoint {name} takes one")
+        written = await asyncio.to_thread(_export_file, self.store, name, info.version, Path(path))
+        return info, written
+
+    async def import_(self, path: str, name: str, cwd: str) -> AppRecord:
+        """A new, closed app from an export file, checked whole before anything is stored."""
+        if name:
+            _check_name(name)
+            if name in self._apps:
+                raise AppExistsError(f"an app called {name!r} exists already; import it under another name")
+        info = await asyncio.to_thread(_import_file, self.store, Path(path), name)
+        if info.app in self._apps:
+            await asyncio.to_thread(self.store.remove_app, info.app)
+            raise AppExistsError(f"an app called {info.app!r} exists already; import it with --name NEW")
+        loaded = await asyncio.to_thread(self.store.load, info.app, info.version)
+        spec = _materialise(self._code_dir / info.app, info.app, loaded.manifest, loaded.code, cwd)
+        return self._add_closed(spec, info.version)
+
+    def _add_closed(self, spec: AppSpec, version: int) -> AppRecord:
+        record = AppRecord(spec, self._new_console(spec.name), state=State.CLOSED, version=version)
+        record.ended.set()
+        self._apps[spec.name] = record
+        self._specs.save(spec, State.CLOSED)
+        return record
+
     async def history(self, name: str) -> list[VersionInfo]:
         """Every version of an app, oldest first."""
         self.get(name)
@@ -317,6 +449,7 @@ class AppTable:
 
     async def close_all(self) -> None:
         """Close every running app (daemon shutdown); one that cannot be saved is stopped, its reason logged."""
+        self._shutting_down.set()
         running = [record for record in self if record.state is State.RUNNING]
         await asyncio.gather(*(self._close_or_stop(record) for record in running))
         stopping = [self.stop(r.name, reason="the daemon stopped") for r in self if r.running and not r.closing]
@@ -333,12 +466,60 @@ class AppTable:
                 await self.stop(record.name, reason="the daemon stopped")
 
 
-def _check_spec(spec: AppSpec) -> None:
-    if not _NAME.fullmatch(spec.name):
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
         raise UsageError(
-            f"{spec.name!r} is not a valid app name; use up to 64 letters, digits, '.', '_' or '-', "
+            f"{name!r} is not a valid app name; use up to 64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+
+
+def _export_file(store: Store, name: str, version: int, path: Path) -> int:
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        with open(tmp, "wb") as out:
+            written = store.export(name, out, version)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AppFileError(f"cannot write {path} ({exc.strerror or exc}); choose another -o path") from None
+    return written
+
+
+def _import_file(store: Store, path: Path, name: str) -> VersionInfo:
+    try:
+        with open(path, "rb") as src:
+            return store.import_(src, name, source=str(path))
+    except OSError as exc:
+        raise AppFileError(f"cannot read {path} ({exc.strerror or exc}); give the path of a .mig export") from None
+
+
+def _materialise(directory: Path, name: str, manifest: Any, code: dict[str, bytes], cwd: str) -> AppSpec:
+    """Write an imported app's code bundle to ``directory``; its spec runs it from there."""
+    shutil.rmtree(directory, ignore_errors=True)
+    for relative, content in code.items():
+        target = (directory / relative).resolve()
+        if not target.is_relative_to(directory.resolve()):
+            raise AppFileError(f"the export holds a code file outside its folder ({relative}); it was not imported")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    if manifest.app_module == "migrated.runtime._repl":
+        return AppSpec(name=name, kind="repl", file="", app_class="", cwd=cwd)
+    stem = manifest.app_module.removeprefix("_mig_app_")
+    main = next((p for p in code if Path(p).stem == stem and "/" not in p), next(iter(code), f"{stem}.py"))
+    return AppSpec(name=name, kind="script", file=str(directory / main), app_class=manifest.app_class, cwd=cwd)
+
+
+def _check_spec(spec: AppSpec) -> None:
+    if spec.keep:
+        parse_policy(spec.keep)
+    if spec.restart not in RESTART_POLICIES:
+        raise UsageError(f"--restart {spec.restart!r} is not a policy; use on-crash or never")
+    if spec.autosave < 0 or (0 < spec.autosave < 0.1):
+        raise UsageError(f"--autosave {spec.autosave:g} is not a period; give seconds, 0.1 or more (0: no autosave)")
+    _check_name(spec.name)
     if not os.path.isdir(spec.cwd):
         raise AppFileError(f"the working directory {spec.cwd} does not exist; run mig from an existing directory")
     if spec.kind == "script" and not Path(spec.file).is_file():

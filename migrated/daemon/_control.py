@@ -63,6 +63,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
             reason=record.reason,
             console_seq=record.console.log.next_seq - 1,
             version=record.version,
+            autosave=spec.autosave,
+            keep=spec.keep,
+            restart=spec.restart,
+            restarts=record.restarts,
         )
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
@@ -145,6 +149,31 @@ class ControlService(control_pb2_grpc.ControlServicer):
     async def Restore(self, request: pb.RestoreRequest, context: Context) -> pb.AppInfo:
         return self.info(await self.apps.restore(request.name, request.version))
 
+    async def Fork(self, request: pb.ForkRequest, context: Context) -> pb.AppInfo:
+        return self.info(await self.apps.fork(request.name, request.new_name, request.version))
+
+    async def Export(self, request: pb.ExportRequest, context: Context) -> pb.ExportReply:
+        if not os.path.isabs(request.path):
+            raise UsageError(f"{request.path} is not an absolute path; the command line sends absolute paths")
+        info, written = await self.apps.export(request.name, request.path, request.version)
+        return pb.ExportReply(version=_version(info), bytes=written)
+
+    async def Import(self, request: pb.ImportRequest, context: Context) -> pb.AppInfo:
+        if not os.path.isabs(request.path):
+            raise UsageError(f"{request.path} is not an absolute path; the command line sends absolute paths")
+        return self.info(await self.apps.import_(request.path, request.name, request.cwd or os.getcwd()))
+
+    async def Gc(self, request: pb.GcRequest, context: Context) -> pb.GcReply:
+        report = await asyncio.to_thread(self.apps.store.gc)
+        return pb.GcReply(chunks=report.chunks, bytes=report.bytes)
+
+    async def Verify(self, request: pb.VerifyRequest, context: Context) -> pb.VerifyReply:
+        report = await asyncio.to_thread(self.apps.store.verify)
+        damaged = [
+            pb.Damage(app=d.app, version=d.version, chunk=d.chunk.hex(), reason=d.reason) for d in report.damaged
+        ]
+        return pb.VerifyReply(chunks=report.chunks, bytes=report.bytes, damaged=damaged)
+
     async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownReply:
         asyncio.get_running_loop().call_soon(self._shutdown)
         return pb.ShutdownReply()
@@ -166,6 +195,9 @@ def _spec(request: pb.RunRequest) -> AppSpec:
         app_class=request.app_class,
         cwd=request.cwd or os.getcwd(),
         args=tuple(request.args),
+        autosave=request.autosave,
+        keep=request.keep,
+        restart=request.restart or "on-crash",
     )
 
 

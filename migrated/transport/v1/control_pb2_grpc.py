@@ -99,6 +99,31 @@ class ControlStub:
                 request_serializer=migrated_dot_v1_dot_control__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
                 _registered_method=True)
+        self.Fork = channel.unary_unary(
+                '/migrated.v1.Control/Fork',
+                request_serializer=migrated_dot_v1_dot_control__pb2.ForkRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+                _registered_method=True)
+        self.Export = channel.unary_unary(
+                '/migrated.v1.Control/Export',
+                request_serializer=migrated_dot_v1_dot_control__pb2.ExportRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.ExportReply.FromString,
+                _registered_method=True)
+        self.Import = channel.unary_unary(
+                '/migrated.v1.Control/Import',
+                request_serializer=migrated_dot_v1_dot_control__pb2.ImportRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+                _registered_method=True)
+        self.Gc = channel.unary_unary(
+                '/migrated.v1.Control/Gc',
+                request_serializer=migrated_dot_v1_dot_control__pb2.GcRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.GcReply.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/migrated.v1.Control/Verify',
+                request_serializer=migrated_dot_v1_dot_control__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.VerifyReply.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/migrated.v1.Control/Shutdown',
                 request_serializer=migrated_dot_v1_dot_control__pb2.ShutdownRequest.SerializeToString,
@@ -187,6 +212,36 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Export(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Gc(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Shutdown(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -260,6 +315,31 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=migrated_dot_v1_dot_control__pb2.RestoreRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_control__pb2.AppInfo.SerializeToString,
+            ),
+            'Fork': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fork,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.ForkRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.AppInfo.SerializeToString,
+            ),
+            'Export': grpc.unary_unary_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.ExportRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.ExportReply.SerializeToString,
+            ),
+            'Import': grpc.unary_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.ImportRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.AppInfo.SerializeToString,
+            ),
+            'Gc': grpc.unary_unary_rpc_method_handler(
+                    servicer.Gc,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.GcRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.GcReply.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.VerifyRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.VerifyReply.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -618,6 +698,141 @@ class Control:
             '/migrated.v1.Control/Restore',
             migrated_dot_v1_dot_control__pb2.RestoreRequest.SerializeToString,
             migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Fork',
+            migrated_dot_v1_dot_control__pb2.ForkRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Export',
+            migrated_dot_v1_dot_control__pb2.ExportRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.ExportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Import',
+            migrated_dot_v1_dot_control__pb2.ImportRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Gc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Gc',
+            migrated_dot_v1_dot_control__pb2.GcRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.GcReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Verify',
+            migrated_dot_v1_dot_control__pb2.VerifyRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.VerifyReply.FromString,
             options,
             channel_credentials,
             insecure,

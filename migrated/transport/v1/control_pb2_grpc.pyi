@@ -44,6 +44,11 @@ class ControlStub:
     Close: _grpc.UnaryUnaryMultiCallable[_control_pb2.AppRef, _control_pb2.AppInfo]
     Open: _grpc.UnaryUnaryMultiCallable[_control_pb2.OpenRequest, _control_pb2.AppInfo]
     Restore: _grpc.UnaryUnaryMultiCallable[_control_pb2.RestoreRequest, _control_pb2.AppInfo]
+    Fork: _grpc.UnaryUnaryMultiCallable[_control_pb2.ForkRequest, _control_pb2.AppInfo]
+    Export: _grpc.UnaryUnaryMultiCallable[_control_pb2.ExportRequest, _control_pb2.ExportReply]
+    Import: _grpc.UnaryUnaryMultiCallable[_control_pb2.ImportRequest, _control_pb2.AppInfo]
+    Gc: _grpc.UnaryUnaryMultiCallable[_control_pb2.GcRequest, _control_pb2.GcReply]
+    Verify: _grpc.UnaryUnaryMultiCallable[_control_pb2.VerifyRequest, _control_pb2.VerifyReply]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_control_pb2.ShutdownRequest, _control_pb2.ShutdownReply]
 
 @_typing.type_check_only
@@ -62,6 +67,11 @@ class ControlAsyncStub(ControlStub):
     Close: _aio.UnaryUnaryMultiCallable[_control_pb2.AppRef, _control_pb2.AppInfo]  # type: ignore[assignment]
     Open: _aio.UnaryUnaryMultiCallable[_control_pb2.OpenRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
     Restore: _aio.UnaryUnaryMultiCallable[_control_pb2.RestoreRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
+    Fork: _aio.UnaryUnaryMultiCallable[_control_pb2.ForkRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
+    Export: _aio.UnaryUnaryMultiCallable[_control_pb2.ExportRequest, _control_pb2.ExportReply]  # type: ignore[assignment]
+    Import: _aio.UnaryUnaryMultiCallable[_control_pb2.ImportRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
+    Gc: _aio.UnaryUnaryMultiCallable[_control_pb2.GcRequest, _control_pb2.GcReply]  # type: ignore[assignment]
+    Verify: _aio.UnaryUnaryMultiCallable[_control_pb2.VerifyRequest, _control_pb2.VerifyReply]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_control_pb2.ShutdownRequest, _control_pb2.ShutdownReply]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +165,41 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.RestoreRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.AppInfo, _abc.Awaitable[_control_pb2.AppInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Fork(
+        self,
+        request: _control_pb2.ForkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AppInfo, _abc.Awaitable[_control_pb2.AppInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Export(
+        self,
+        request: _control_pb2.ExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ExportReply, _abc.Awaitable[_control_pb2.ExportReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Import(
+        self,
+        request: _control_pb2.ImportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AppInfo, _abc.Awaitable[_control_pb2.AppInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Gc(
+        self,
+        request: _control_pb2.GcRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GcReply, _abc.Awaitable[_control_pb2.GcReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Verify(
+        self,
+        request: _control_pb2.VerifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.VerifyReply, _abc.Awaitable[_control_pb2.VerifyReply]]: ...
 
     @_abc_1.abstractmethod
     def Shutdown(
