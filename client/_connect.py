@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import grpc
 
-from migrated._paths import socket_path, socket_path_fits
-from migrated.errors import DaemonError, DaemonNotRunningError, MigError, StateDirError, error_class
+from migrated._paths import socket_path, socket_path_fits, socket_path_too_long, unusable_state_dir
+from migrated.errors import DaemonError, DaemonNotRunningError, MigError, error_class
 from migrated.transport.v1 import control_pb2 as pb
 from migrated.transport.v1 import control_pb2_grpc
 
@@ -61,7 +61,7 @@ def rpc_error(exc: grpc.RpcError, state_dir: Path) -> MigError:
 def connect(state_dir: Path, autostart: bool = True) -> Daemon:
     """Connect to the daemon of ``state_dir``; start it first if none answers and ``autostart``."""
     if not socket_path_fits(state_dir):
-        raise StateDirError(f"the state directory path {state_dir} is too long for a Unix socket; use a shorter --dir")
+        raise socket_path_too_long(state_dir)
     daemon = _try_connect(state_dir)
     if daemon is not None:
         return daemon
@@ -90,10 +90,7 @@ def _start(state_dir: Path) -> Daemon:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = open(state_dir / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
     except OSError as exc:
-        raise StateDirError(
-            f"cannot use {state_dir} as the state directory ({exc.strerror or exc}); "
-            "choose another with --dir or $MIG_DIR, or fix its permissions"
-        ) from None
+        raise unusable_state_dir(state_dir, exc) from None
     read_fd, write_fd = os.pipe()
     with log:
         proc = subprocess.Popen(

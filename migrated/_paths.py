@@ -5,7 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["SOCKET_NAME", "default_state_dir", "resolve_state_dir", "socket_path", "socket_path_fits"]
+from migrated.errors import StateDirError
+
+__all__ = [
+    "SOCKET_NAME",
+    "default_state_dir",
+    "resolve_state_dir",
+    "socket_path",
+    "socket_path_fits",
+    "socket_path_too_long",
+    "unusable_state_dir",
+]
 
 SOCKET_NAME = "control.sock"
 # sun_path holds 108 bytes including the terminating NUL.
@@ -33,3 +43,16 @@ def socket_path(state_dir: Path) -> Path:
 def socket_path_fits(state_dir: Path) -> bool:
     """Whether the control socket path fits in a Unix socket address."""
     return len(os.fsencode(socket_path(state_dir))) <= _MAX_SOCKET_PATH
+
+
+def unusable_state_dir(state_dir: Path, exc: OSError) -> StateDirError:
+    """The error for a state directory that cannot be created or written."""
+    return StateDirError(
+        f"cannot use {state_dir} as the state directory ({exc.strerror or exc}); "
+        "choose another with --dir or $MIG_DIR, or fix its permissions"
+    )
+
+
+def socket_path_too_long(state_dir: Path) -> StateDirError:
+    """The error for a state directory whose socket path does not fit in a Unix socket address."""
+    return StateDirError(f"the state directory path {state_dir} is too long for a Unix socket; choose a shorter --dir")

@@ -7,8 +7,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from migrated._paths import socket_path, socket_path_fits
-from migrated.errors import DirectoryLockedError, StateDirError
+from migrated._paths import socket_path, socket_path_fits, socket_path_too_long, unusable_state_dir
+from migrated.errors import DirectoryLockedError
 
 __all__ = ["StateDir"]
 
@@ -34,14 +34,9 @@ class StateDir:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise StateDirError(
-                f"cannot use {self.path} as the state directory ({exc.strerror or exc}); "
-                "choose another with --dir or $MIG_DIR, or fix its permissions"
-            ) from None
+            raise unusable_state_dir(self.path, exc) from None
         if not socket_path_fits(self.path):
-            raise StateDirError(
-                f"the state directory path {self.path} is too long for a Unix socket; choose a shorter --dir"
-            )
+            raise socket_path_too_long(self.path)
         self._lock()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
