@@ -10,7 +10,8 @@ not import grpc) and the exit code of the ``mig`` command line::
     │   ├── NotAnAppError         INVALID_ARGUMENT     2   the file defines no App subclass
     │   ├── AmbiguousAppError     INVALID_ARGUMENT     2   several App subclasses and no :Class
     │   ├── AppCodeError          INVALID_ARGUMENT     2   the app's code fails to load (syntax error, ...)
-    │   └── RetentionPolicyError  INVALID_ARGUMENT     2   a --keep policy cannot be parsed
+    │   ├── RetentionPolicyError  INVALID_ARGUMENT     2   a --keep policy cannot be parsed
+    │   └── ConfigError           INVALID_ARGUMENT     2   the daemon's flags or config file are wrong
     ├── AppNotFoundError          NOT_FOUND            3
     ├── AppExistsError            ALREADY_EXISTS       4
     ├── AppStateError             FAILED_PRECONDITION  5   the app is not in a state that allows this
@@ -23,7 +24,13 @@ not import grpc) and the exit code of the ``mig`` command line::
     │   ├── UnserialisableStateError FAILED_PRECONDITION 9 the app's state holds something that cannot be saved
     │   ├── CheckpointDamagedError DATA_LOSS           9   a stored chunk of that version fails its hash check
     │   └── ExportFileError       INVALID_ARGUMENT     9   the file to import is not an export, or is damaged
-    └── VersionNotFoundError      NOT_FOUND            3   the app has no checkpoint with that number
+    ├── VersionNotFoundError      NOT_FOUND            3   the app has no checkpoint with that number
+    └── PeerError                 UNAVAILABLE         10   another host's daemon could not be used
+        ├── PeerNotFoundError     NOT_FOUND           10   no peer of that name or address is known
+        ├── PeerUnreachableError  UNAVAILABLE         10   the peer does not answer
+        ├── NotPairedError        PERMISSION_DENIED   11   the peer is not paired (either side)
+        ├── PeerIdentityError     PERMISSION_DENIED   11   the peer's certificate is not the paired one
+        └── PairingError          PERMISSION_DENIED   11   a pairing code is wrong, expired or used up
 """
 
 from __future__ import annotations
@@ -206,5 +213,70 @@ _BY_NAME.update(
         RetentionPolicyError,
         UnserialisableStateError,
         VersionNotFoundError,
+    )
+)
+
+
+class ConfigError(UsageError):
+    """The daemon's flags or its config file cannot be used."""
+
+
+class PeerError(MigError):
+    """Another host's daemon could not be used."""
+
+    grpc_status = "UNAVAILABLE"
+    exit_code = 10
+
+
+class PeerNotFoundError(PeerError):
+    """No peer of that name or address is known."""
+
+    grpc_status = "NOT_FOUND"
+
+
+class PeerUnreachableError(PeerError):
+    """The peer does not answer."""
+
+
+class NotPairedError(PeerError):
+    """This host and the peer are not paired, on one side or both."""
+
+    grpc_status = "PERMISSION_DENIED"
+    exit_code = 11
+
+
+class PeerIdentityError(PeerError):
+    """The host answering presents a certificate other than the paired one."""
+
+    grpc_status = "PERMISSION_DENIED"
+    exit_code = 11
+
+
+class PairingError(PeerError):
+    """A pairing code is wrong, expired or used up."""
+
+    grpc_status = "PERMISSION_DENIED"
+    exit_code = 11
+
+
+__all__ += [
+    "ConfigError",
+    "NotPairedError",
+    "PairingError",
+    "PeerError",
+    "PeerIdentityError",
+    "PeerNotFoundError",
+    "PeerUnreachableError",
+]
+_BY_NAME.update(
+    (cls.__name__, cls)
+    for cls in (
+        ConfigError,
+        NotPairedError,
+        PairingError,
+        PeerError,
+        PeerIdentityError,
+        PeerNotFoundError,
+        PeerUnreachableError,
     )
 )
