@@ -63,7 +63,8 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
         self.mig_cmd = [mig_path(), "--dir", str(self.dir / "state")]
-        self.env = dict(os.environ, MIG_NO_AUTOSTART="1")
+        # Benchmark daemons listen on loopback only and stay off mDNS unless a benchmark says otherwise.
+        self.env = {"MIGRATED_LISTEN": "127.0.0.1:0", "MIGRATED_MDNS": "0", **os.environ, "MIG_NO_AUTOSTART": "1"}
 
     def __enter__(self) -> Daemon:
         try:
@@ -86,6 +87,7 @@ class Daemon:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=self.env,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -187,6 +187,83 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def peers(ctx: Context, as_json: bool) -> None:
+    """List the other daemons seen over mDNS, configured, or paired."""
+    reply = ctx.daemon.call(ctx.daemon.stub.Peers, pb.PeersRequest())
+    if as_json:
+        click.echo(json.dumps([_render.peer_json(peer) for peer in reply.peers], indent=2))
+    else:
+        _render.peer_table(list(reply.peers), "no peers seen; pair one with `mig pair` (see `mig pair --help`)")
+
+
+@cli.command()
+@click.argument("host", required=False)
+@click.argument("code", required=False)
+@click.option("--list", "list_paired", is_flag=True, help="List the paired hosts.")
+@click.option("--ttl", type=click.FloatRange(min=1, max=86400), default=300, show_default=True,
+              help="Seconds the code is valid.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def pair(ctx: Context, host: str | None, code: str | None, list_paired: bool, ttl: float, as_json: bool) -> None:
+    """Pair with another host: `mig pair` there shows a code, `mig pair HOST CODE` here uses it.
+
+    HOST is a name from `mig peers`, or ADDR:PORT. Both hosts then trust each other's certificate.
+    """
+    if list_paired:
+        reply = ctx.daemon.call(ctx.daemon.stub.Paired, pb.PairedRequest())
+        if as_json:
+            click.echo(json.dumps([_render.peer_json(peer) for peer in reply.peers], indent=2))
+        else:
+            _render.peer_table(list(reply.peers), "no paired hosts")
+        return
+    if host is None:
+        shown = ctx.daemon.call(ctx.daemon.stub.PairCode, pb.PairCodeRequest(ttl=ttl))
+        if as_json:
+            click.echo(json.dumps({"code": shown.code, "expires": _render.iso(shown.expires)}))
+        else:
+            me = ctx.daemon.call(ctx.daemon.stub.Status, pb.StatusRequest())
+            click.echo(f"pairing code {shown.code}, valid for {int(ttl)} s (until {_render.iso(shown.expires)})")
+            click.echo(f"on the other host run:  mig pair {me.host} {shown.code}")
+            click.echo(f"        or by address:  mig pair {me.listen} {shown.code}")
+        return
+    if code is None:
+        raise UsageError("give the code the other host shows: mig pair HOST CODE (run `mig pair` there first)")
+    peer = ctx.daemon.call(ctx.daemon.stub.Pair, pb.PairRequest(host=host, code=code), timeout=60)
+    if as_json:
+        click.echo(json.dumps(_render.peer_json(peer), indent=2))
+    else:
+        click.echo(f"paired with {peer.name} at {peer.address} (device {peer.device_id[:12]})")
+
+
+@cli.command()
+@click.argument("host")
+@pass_ctx
+def unpair(ctx: Context, host: str) -> None:
+    """Forget a paired host; its calls are refused at once."""
+    peer = ctx.daemon.call(ctx.daemon.stub.Unpair, pb.UnpairRequest(host=host))
+    click.echo(f"unpaired {peer.name} (device {peer.device_id[:12]})")
+
+
+@cli.command()
+@click.argument("host")
+@click.option("-c", "--count", type=click.IntRange(1, 1000), default=3, show_default=True, help="Pings to send.")
+@pass_ctx
+def ping(ctx: Context, host: str, count: int) -> None:
+    """Ping a paired host over mutual TLS: round trips, and whether pairing holds both ways."""
+    reply = ctx.daemon.call(ctx.daemon.stub.PingPeer, pb.PingPeerRequest(host=host, count=count), timeout=120)
+    peer = reply.peer
+    click.echo(f"{peer.name} at {peer.address}: TLS ok, certificate pinned (device {peer.device_id[:12]}), "
+               "paired both ways")  # fmt: skip
+    first, rest = reply.rtt_ms[0], sorted(reply.rtt_ms[1:])
+    line = f"first ping {first:.2f} ms (may include connecting)"
+    if rest:
+        line += f"; then min {rest[0]:.2f}, median {rest[len(rest) // 2]:.2f}, max {rest[-1]:.2f} ms"
+    click.echo(line)
+
+
+@cli.command()
 @click.argument("name")
 @click.option("-m", "--message", default="", help="A note kept with the version.")
 @pass_ctx

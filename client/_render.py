@@ -12,6 +12,9 @@ __all__ = [
     "app_json",
     "app_table",
     "history_table",
+    "iso",
+    "peer_json",
+    "peer_table",
     "size",
     "state_name",
     "status_json",
@@ -25,7 +28,8 @@ def state_name(state: pb.AppState.ValueType) -> str:
     return pb.AppState.Name(state).removeprefix("APP_STATE_").lower()
 
 
-def _iso(timestamp: float) -> str | None:
+def iso(timestamp: float) -> str | None:
+    """A Unix time as ISO 8601 (UTC), None for 0."""
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat() if timestamp else None
 
 
@@ -43,8 +47,8 @@ def app_json(app: pb.AppInfo) -> dict[str, Any]:
         "app_class": app.app_class or None,
         "cwd": app.cwd,
         "args": list(app.args),
-        "started_at": _iso(app.started_at),
-        "ended_at": _iso(app.ended_at),
+        "started_at": iso(app.started_at),
+        "ended_at": iso(app.ended_at),
         "exit_code": app.exit_code if app.ended_at else None,
         "reason": app.reason or None,
         "console_lines": app.console_seq,
@@ -98,10 +102,13 @@ def status_json(reply: pb.StatusReply) -> dict[str, Any]:
         "version": reply.version,
         "pid": reply.pid,
         "state_dir": reply.state_dir,
-        "started_at": _iso(reply.started_at),
+        "started_at": iso(reply.started_at),
         "apps_running": reply.apps_running,
         "apps_total": reply.apps_total,
         "rss_bytes": reply.rss_bytes,
+        "device_id": reply.device_id,
+        "listen": reply.listen or None,
+        "mdns": reply.mdns,
     }
 
 
@@ -114,6 +121,50 @@ def status_text(reply: pb.StatusReply) -> None:
     print(f"up          {_age(reply.started_at)}")
     print(f"apps        {reply.apps_running} running, {reply.apps_total} in all")
     print(f"memory      {reply.rss_bytes / 2**20:.1f} MiB")
+    print(f"device id   {reply.device_id}")
+    print(f"peer port   {reply.listen or 'none'}{'' if reply.mdns else ' (mDNS off)'}")
+
+
+def peer_json(peer: pb.PeerInfo) -> dict[str, Any]:
+    """One peer as ``mig peers --json`` shows it."""
+    return {
+        "name": peer.name,
+        "address": peer.address,
+        "device_id": peer.device_id,
+        "paired": peer.paired,
+        "reachable": peer.reachable,
+        "version": peer.version or None,
+        "apps_running": peer.apps_running if peer.apps_running >= 0 else None,
+        "load": round(peer.load, 2) if peer.load >= 0 else None,
+        "sources": list(peer.sources),
+        "last_seen": iso(peer.last_seen),
+        "paired_at": iso(peer.paired_at),
+    }
+
+
+def peer_table(peers: list[pb.PeerInfo], empty: str) -> None:
+    """Print peers as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not peers:
+        print(empty)
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("NAME", "ADDRESS", "PAIRED", "REACHABLE", "VERSION", "APPS", "LOAD", "DEVICE"):
+        table.add_column(column)
+    for peer in peers:
+        table.add_row(
+            peer.name,
+            peer.address or "-",
+            "yes" if peer.paired else "no",
+            "yes" if peer.reachable else "no",
+            peer.version or "-",
+            str(peer.apps_running) if peer.apps_running >= 0 else "-",
+            f"{peer.load:.2f}" if peer.load >= 0 else "-",
+            peer.device_id[:12] or "-",
+        )
+    Console().print(table)
 
 
 def size(count: int) -> str:
@@ -131,7 +182,7 @@ def version_json(entry: pb.VersionEntry) -> dict[str, Any]:
     return {
         "version": entry.version,
         "parent": entry.parent or None,
-        "created": _iso(entry.created),
+        "created": iso(entry.created),
         "kind": entry.kind,
         "message": entry.message,
         "bytes_added": entry.bytes_added,

@@ -24,12 +24,19 @@ from typing import Any, NamedTuple, TypeVar
 import psutil  # type: ignore[import-untyped]
 import pytest
 
+from tests.netbed import module_netbeds, netbeds  # noqa: F401 - multi-host fixtures (network namespaces)
+
 T = TypeVar("T")
 
 MIG = shutil.which("mig") or str(Path(sys.executable).with_name("mig"))
 MIGRATED = shutil.which("migrated") or str(Path(sys.executable).with_name("migrated"))
 RUNNER_MODULE = "migrated.runtime._runner"
 START_TIMEOUT = 20.0
+
+# Every daemon a test starts, directly or through mig's autostart, listens on loopback only and stays off
+# mDNS; the network tests (netbed) give their daemons flags of their own.
+os.environ["MIGRATED_LISTEN"] = "127.0.0.1:0"
+os.environ["MIGRATED_MDNS"] = "0"
 STOP_TIMEOUT = 20.0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tests.conftest import ECHO_APP, AppDir, Daemon, mig, new_state_dir, pid_alive
@@ -156,7 +158,7 @@ def test_no_daemon_and_no_autostart_is_reported() -> None:
         assert not (state_dir / "control.sock").exists()
         assert not (state_dir / "daemon.log").exists()
     finally:
-        state_dir.rmdir()
+        shutil.rmtree(state_dir)
 
 
 def test_a_state_directory_path_too_long_for_a_socket_is_refused(tmp_path_factory: pytest.TempPathFactory) -> None:

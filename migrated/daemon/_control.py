@@ -13,6 +13,8 @@ import grpc.aio
 import migrated
 from migrated.checkpoint import VersionInfo
 from migrated.daemon._apps import AppRecord, AppSpec, AppTable, State
+from migrated.daemon._peers import Peers
+from migrated.discovery._table import PeerRow
 from migrated.errors import AppFileError, UsageError
 from migrated.transport.v1 import control_pb2 as pb
 from migrated.transport.v1 import control_pb2_grpc
@@ -36,8 +38,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class ControlService(control_pb2_grpc.ControlServicer):
     """Serves the control API from the app table."""
 
-    def __init__(self, apps: AppTable, host: str, state_dir: str, shutdown: Callable[[], None]) -> None:
+    def __init__(self, apps: AppTable, peers: Peers, host: str, state_dir: str, shutdown: Callable[[], None]) -> None:
         self.apps = apps
+        self.peers = peers
         self.host = host
         self.state_dir = state_dir
         self.started_at = time.time()
@@ -80,6 +83,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
             apps_running=sum(record.running for record in apps),
             apps_total=len(apps),
             rss_bytes=_rss_bytes(),
+            device_id=self.peers.identity.device_id,
+            listen=str(self.peers.listen or ""),
+            mdns=self.peers.settings.mdns,
         )
 
     async def Run(self, request: pb.RunRequest, context: Context) -> pb.AppInfo:
@@ -177,6 +183,43 @@ class ControlService(control_pb2_grpc.ControlServicer):
     async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownReply:
         asyncio.get_running_loop().call_soon(self._shutdown)
         return pb.ShutdownReply()
+
+    async def Peers(self, request: pb.PeersRequest, context: Context) -> pb.PeersReply:
+        return pb.PeersReply(peers=[_peer_info(row) for row in self.peers.rows()])
+
+    async def PairCode(self, request: pb.PairCodeRequest, context: Context) -> pb.PairCodeReply:
+        code, expires = self.peers.issue_code(request.ttl)
+        return pb.PairCodeReply(code=code, expires=expires)
+
+    async def Pair(self, request: pb.PairRequest, context: Context) -> pb.PeerInfo:
+        return _peer_info(await self.peers.pair(request.host, request.code))
+
+    async def Paired(self, request: pb.PairedRequest, context: Context) -> pb.PeersReply:
+        return pb.PeersReply(peers=[_peer_info(row) for row in self.peers.rows() if row.paired])
+
+    async def Unpair(self, request: pb.UnpairRequest, context: Context) -> pb.PeerInfo:
+        peer = self.peers.unpair(request.host)
+        return pb.PeerInfo(name=peer.name, address=peer.address, device_id=peer.device_id, paired=False)
+
+    async def PingPeer(self, request: pb.PingPeerRequest, context: Context) -> pb.PingPeerReply:
+        row, rtts = await self.peers.ping(request.host, request.count)
+        return pb.PingPeerReply(peer=_peer_info(row), rtt_ms=rtts)
+
+
+def _peer_info(row: PeerRow) -> pb.PeerInfo:
+    return pb.PeerInfo(
+        name=row.name,
+        address=row.address,
+        device_id=row.device_id,
+        paired=row.paired,
+        reachable=row.reachable,
+        version=row.version,
+        apps_running=row.apps_running,
+        load=row.load,
+        sources=sorted(row.sources),
+        last_seen=row.last_seen,
+        paired_at=row.paired_at,
+    )
 
 
 def _spec(request: pb.RunRequest) -> AppSpec:

@@ -11,6 +11,7 @@ import sys
 import click
 
 from migrated._paths import resolve_state_dir
+from migrated.daemon._config import CONFIG_FILE, load_config_file, peer_settings
 from migrated.daemon._server import DaemonConfig, serve
 from migrated.errors import MigError
 
@@ -29,6 +30,20 @@ __all__ = ["main"]
 @click.option(
     "--console-bytes", default=64 * 1024 * 1024, show_default=True, help="Console bytes kept per app (on disk)."
 )
+@click.option(
+    "--listen",
+    metavar="ADDR:PORT",
+    envvar="MIGRATED_LISTEN",
+    help="The peer port's address (default 0.0.0.0:7464; port 0 picks a free one). Env: MIGRATED_LISTEN.",
+)
+@click.option("--peer", "peers", metavar="ADDR:PORT", multiple=True, help="A peer to use without mDNS (repeatable).")
+@click.option(
+    "--mdns/--no-mdns",
+    default=None,
+    envvar="MIGRATED_MDNS",
+    help="Announce this daemon and look for others over mDNS (default: on). Env: MIGRATED_MDNS=0|1.",
+)
+@click.option("--handshake-timeout", type=float, default=10.0, hidden=True, help="Seconds a TLS handshake may take.")
 @click.option("--ready-fd", type=int, default=-1, hidden=True, help="Write 'ready' to this fd once serving.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 def main(
@@ -36,22 +51,34 @@ def main(
     host: str | None,
     console_lines: int,
     console_bytes: int,
+    listen: str | None,
+    peers: tuple[str, ...],
+    mdns: bool | None,
+    handshake_timeout: float,
     ready_fd: int,
     verbose: bool,
 ) -> None:
-    """Run the migrated daemon in the foreground."""
+    """Run the migrated daemon in the foreground.
+
+    Settings also come from DIR/migrated.toml (name, listen, peers, mdns, mdns_interfaces); flags win.
+    """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    config = DaemonConfig(
-        state_dir=resolve_state_dir(state_dir),
-        host=host or socket.gethostname(),
-        console_lines=console_lines,
-        console_bytes=console_bytes,
-    )
     try:
+        directory = resolve_state_dir(state_dir)
+        file = load_config_file(directory / CONFIG_FILE)
+        name = host or file.get("name") or socket.gethostname()
+        config = DaemonConfig(
+            state_dir=directory,
+            host=str(name),
+            console_lines=console_lines,
+            console_bytes=console_bytes,
+            peers=peer_settings(file, listen=listen, peers=peers, mdns=mdns),
+            handshake_timeout=handshake_timeout,
+        )
         asyncio.run(serve(config, ready=lambda: _signal_ready(ready_fd)))
     except MigError as exc:
         click.echo(f"migrated: {exc.message}", err=True)

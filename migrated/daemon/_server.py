@@ -6,14 +6,16 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc.aio
 
 from migrated.checkpoint import Store
 from migrated.daemon._apps import AppTable
+from migrated.daemon._config import PeerSettings
 from migrated.daemon._control import ControlService
+from migrated.daemon._peers import Peers
 from migrated.daemon._statedir import StateDir
 from migrated.transport._errors import ErrorInterceptor
 from migrated.transport.v1 import control_pb2_grpc
@@ -31,6 +33,8 @@ class DaemonConfig:
     host: str
     console_lines: int = 1_000_000
     console_bytes: int = 64 * 1024 * 1024
+    peers: PeerSettings = field(default_factory=PeerSettings)
+    handshake_timeout: float = 10.0
 
 
 async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) -> None:
@@ -42,14 +46,25 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     store = Store(config.state_dir / "checkpoints.sqlite")
+    apps: AppTable | None = None
+    # The peer port first: a port that cannot be had ends the start before any app is touched.
+    peers = Peers(
+        config.state_dir,
+        config.host,
+        config.peers,
+        lambda: sum(record.running for record in apps or ()),
+        config.handshake_timeout,
+    )
     try:
+        await peers.start()
         async with asyncio.TaskGroup() as tasks:
             apps = AppTable(tasks, config.state_dir, store, config.console_lines, config.console_bytes)
             await apps.load_saved()
             if store.unclean:
                 log.warning("the checkpoint store was not closed cleanly; quick_check: %s", store.problems or "ok")
+            probes = tasks.create_task(peers.run_probes())
             server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-            service = ControlService(apps, config.host, str(config.state_dir), stop.set)
+            service = ControlService(apps, peers, config.host, str(config.state_dir), stop.set)
             control_pb2_grpc.add_ControlServicer_to_server(service, server)
             server.add_insecure_port(f"unix:{state_dir.socket}")
             await server.start()
@@ -58,8 +73,10 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
             await stop.wait()
             log.info("stopping")
             await apps.close_all()
+            probes.cancel()
             await server.stop(grace=1.0)
     finally:
+        await peers.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await asyncio.to_thread(store.close)

@@ -181,6 +181,9 @@ class StatusReply(_message.Message):
     APPS_RUNNING_FIELD_NUMBER: _builtins.int
     APPS_TOTAL_FIELD_NUMBER: _builtins.int
     RSS_BYTES_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    LISTEN_FIELD_NUMBER: _builtins.int
+    MDNS_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     version: _builtins.str
     pid: _builtins.int
@@ -189,6 +192,11 @@ class StatusReply(_message.Message):
     apps_running: _builtins.int
     apps_total: _builtins.int
     rss_bytes: _builtins.int
+    device_id: _builtins.str
+    """SHA-256 of this host's certificate"""
+    listen: _builtins.str
+    """the peer port's address, empty when it does not listen"""
+    mdns: _builtins.bool
     def __init__(
         self,
         *,
@@ -200,14 +208,259 @@ class StatusReply(_message.Message):
         apps_running: _builtins.int = ...,
         apps_total: _builtins.int = ...,
         rss_bytes: _builtins.int = ...,
+        device_id: _builtins.str = ...,
+        listen: _builtins.str = ...,
+        mdns: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps_running", b"apps_running", "apps_total", b"apps_total", "host", b"host", "pid", b"pid", "rss_bytes", b"rss_bytes", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps_running", b"apps_running", "apps_total", b"apps_total", "device_id", b"device_id", "host", b"host", "listen", b"listen", "mdns", b"mdns", "pid", b"pid", "rss_bytes", b"rss_bytes", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusReply: _TypeAlias = StatusReply  # noqa: Y015
+
+@_typing.final
+class PeerInfo(_message.Message):
+    """Another host's daemon, as this one knows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    PAIRED_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    APPS_RUNNING_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    PAIRED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    address: _builtins.str
+    """HOST:PORT"""
+    device_id: _builtins.str
+    paired: _builtins.bool
+    reachable: _builtins.bool
+    version: _builtins.str
+    apps_running: _builtins.int
+    """-1 when unknown (not paired, or not reachable)"""
+    load: _builtins.float
+    """-1 when unknown"""
+    last_seen: _builtins.float
+    """Unix time of the last mDNS record or answer, 0 when never"""
+    paired_at: _builtins.float
+    """Unix time, 0 when not paired"""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """mdns, config, paired"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        paired: _builtins.bool = ...,
+        reachable: _builtins.bool = ...,
+        version: _builtins.str = ...,
+        apps_running: _builtins.int = ...,
+        load: _builtins.float = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        last_seen: _builtins.float = ...,
+        paired_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "apps_running", b"apps_running", "device_id", b"device_id", "last_seen", b"last_seen", "load", b"load", "name", b"name", "paired", b"paired", "paired_at", b"paired_at", "reachable", b"reachable", "sources", b"sources", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerInfo: _TypeAlias = PeerInfo  # noqa: Y015
+
+@_typing.final
+class PeersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeersRequest: _TypeAlias = PeersRequest  # noqa: Y015
+
+@_typing.final
+class PeersReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerInfo]: ...
+    def __init__(
+        self,
+        *,
+        peers: _abc.Iterable[Global___PeerInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeersReply: _TypeAlias = PeersReply  # noqa: Y015
+
+@_typing.final
+class PairCodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    ttl: _builtins.float
+    """seconds; 0 for the default"""
+    def __init__(
+        self,
+        *,
+        ttl: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairCodeRequest: _TypeAlias = PairCodeRequest  # noqa: Y015
+
+@_typing.final
+class PairCodeReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    expires: _builtins.float
+    """Unix time"""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        expires: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "expires", b"expires"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairCodeReply: _TypeAlias = PairCodeReply  # noqa: Y015
+
+@_typing.final
+class PairRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """a peer's name, or HOST:PORT"""
+    code: _builtins.str
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "host", b"host"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairRequest: _TypeAlias = PairRequest  # noqa: Y015
+
+@_typing.final
+class PairedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairedRequest: _TypeAlias = PairedRequest  # noqa: Y015
+
+@_typing.final
+class UnpairRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpairRequest: _TypeAlias = UnpairRequest  # noqa: Y015
+
+@_typing.final
+class PingPeerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "host", b"host"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PingPeerRequest: _TypeAlias = PingPeerRequest  # noqa: Y015
+
+@_typing.final
+class PingPeerReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    RTT_MS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peer(self) -> Global___PeerInfo: ...
+    @_builtins.property
+    def rtt_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """one per answered ping"""
+
+    def __init__(
+        self,
+        *,
+        peer: Global___PeerInfo | None = ...,
+        rtt_ms: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "rtt_ms", b"rtt_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PingPeerReply: _TypeAlias = PingPeerReply  # noqa: Y015
 
 @_typing.final
 class RunRequest(_message.Message):

@@ -129,6 +129,36 @@ class ControlStub:
                 request_serializer=migrated_dot_v1_dot_control__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_control__pb2.ShutdownReply.FromString,
                 _registered_method=True)
+        self.Peers = channel.unary_unary(
+                '/migrated.v1.Control/Peers',
+                request_serializer=migrated_dot_v1_dot_control__pb2.PeersRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.PeersReply.FromString,
+                _registered_method=True)
+        self.PairCode = channel.unary_unary(
+                '/migrated.v1.Control/PairCode',
+                request_serializer=migrated_dot_v1_dot_control__pb2.PairCodeRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.PairCodeReply.FromString,
+                _registered_method=True)
+        self.Pair = channel.unary_unary(
+                '/migrated.v1.Control/Pair',
+                request_serializer=migrated_dot_v1_dot_control__pb2.PairRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.PeerInfo.FromString,
+                _registered_method=True)
+        self.Paired = channel.unary_unary(
+                '/migrated.v1.Control/Paired',
+                request_serializer=migrated_dot_v1_dot_control__pb2.PairedRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.PeersReply.FromString,
+                _registered_method=True)
+        self.Unpair = channel.unary_unary(
+                '/migrated.v1.Control/Unpair',
+                request_serializer=migrated_dot_v1_dot_control__pb2.UnpairRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.PeerInfo.FromString,
+                _registered_method=True)
+        self.PingPeer = channel.unary_unary(
+                '/migrated.v1.Control/PingPeer',
+                request_serializer=migrated_dot_v1_dot_control__pb2.PingPeerRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.PingPeerReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -248,6 +278,42 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Peers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PairCode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Paired(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unpair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PingPeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -345,6 +411,36 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=migrated_dot_v1_dot_control__pb2.ShutdownRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_control__pb2.ShutdownReply.SerializeToString,
+            ),
+            'Peers': grpc.unary_unary_rpc_method_handler(
+                    servicer.Peers,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.PeersRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.PeersReply.SerializeToString,
+            ),
+            'PairCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.PairCode,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.PairCodeRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.PairCodeReply.SerializeToString,
+            ),
+            'Pair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pair,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.PairRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.PeerInfo.SerializeToString,
+            ),
+            'Paired': grpc.unary_unary_rpc_method_handler(
+                    servicer.Paired,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.PairedRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.PeersReply.SerializeToString,
+            ),
+            'Unpair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unpair,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.UnpairRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.PeerInfo.SerializeToString,
+            ),
+            'PingPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.PingPeer,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.PingPeerRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.PingPeerReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -860,6 +956,168 @@ class Control:
             '/migrated.v1.Control/Shutdown',
             migrated_dot_v1_dot_control__pb2.ShutdownRequest.SerializeToString,
             migrated_dot_v1_dot_control__pb2.ShutdownReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Peers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Peers',
+            migrated_dot_v1_dot_control__pb2.PeersRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.PeersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PairCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/PairCode',
+            migrated_dot_v1_dot_control__pb2.PairCodeRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.PairCodeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Pair',
+            migrated_dot_v1_dot_control__pb2.PairRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.PeerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Paired(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Paired',
+            migrated_dot_v1_dot_control__pb2.PairedRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.PeersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unpair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Unpair',
+            migrated_dot_v1_dot_control__pb2.UnpairRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.PeerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PingPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/PingPeer',
+            migrated_dot_v1_dot_control__pb2.PingPeerRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.PingPeerReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,12 @@ class ControlStub:
     Gc: _grpc.UnaryUnaryMultiCallable[_control_pb2.GcRequest, _control_pb2.GcReply]
     Verify: _grpc.UnaryUnaryMultiCallable[_control_pb2.VerifyRequest, _control_pb2.VerifyReply]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_control_pb2.ShutdownRequest, _control_pb2.ShutdownReply]
+    Peers: _grpc.UnaryUnaryMultiCallable[_control_pb2.PeersRequest, _control_pb2.PeersReply]
+    PairCode: _grpc.UnaryUnaryMultiCallable[_control_pb2.PairCodeRequest, _control_pb2.PairCodeReply]
+    Pair: _grpc.UnaryUnaryMultiCallable[_control_pb2.PairRequest, _control_pb2.PeerInfo]
+    Paired: _grpc.UnaryUnaryMultiCallable[_control_pb2.PairedRequest, _control_pb2.PeersReply]
+    Unpair: _grpc.UnaryUnaryMultiCallable[_control_pb2.UnpairRequest, _control_pb2.PeerInfo]
+    PingPeer: _grpc.UnaryUnaryMultiCallable[_control_pb2.PingPeerRequest, _control_pb2.PingPeerReply]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -73,6 +79,12 @@ class ControlAsyncStub(ControlStub):
     Gc: _aio.UnaryUnaryMultiCallable[_control_pb2.GcRequest, _control_pb2.GcReply]  # type: ignore[assignment]
     Verify: _aio.UnaryUnaryMultiCallable[_control_pb2.VerifyRequest, _control_pb2.VerifyReply]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_control_pb2.ShutdownRequest, _control_pb2.ShutdownReply]  # type: ignore[assignment]
+    Peers: _aio.UnaryUnaryMultiCallable[_control_pb2.PeersRequest, _control_pb2.PeersReply]  # type: ignore[assignment]
+    PairCode: _aio.UnaryUnaryMultiCallable[_control_pb2.PairCodeRequest, _control_pb2.PairCodeReply]  # type: ignore[assignment]
+    Pair: _aio.UnaryUnaryMultiCallable[_control_pb2.PairRequest, _control_pb2.PeerInfo]  # type: ignore[assignment]
+    Paired: _aio.UnaryUnaryMultiCallable[_control_pb2.PairedRequest, _control_pb2.PeersReply]  # type: ignore[assignment]
+    Unpair: _aio.UnaryUnaryMultiCallable[_control_pb2.UnpairRequest, _control_pb2.PeerInfo]  # type: ignore[assignment]
+    PingPeer: _aio.UnaryUnaryMultiCallable[_control_pb2.PingPeerRequest, _control_pb2.PingPeerReply]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -207,5 +219,47 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ShutdownRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ShutdownReply, _abc.Awaitable[_control_pb2.ShutdownReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Peers(
+        self,
+        request: _control_pb2.PeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PeersReply, _abc.Awaitable[_control_pb2.PeersReply]]: ...
+
+    @_abc_1.abstractmethod
+    def PairCode(
+        self,
+        request: _control_pb2.PairCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PairCodeReply, _abc.Awaitable[_control_pb2.PairCodeReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Pair(
+        self,
+        request: _control_pb2.PairRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PeerInfo, _abc.Awaitable[_control_pb2.PeerInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Paired(
+        self,
+        request: _control_pb2.PairedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PeersReply, _abc.Awaitable[_control_pb2.PeersReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Unpair(
+        self,
+        request: _control_pb2.UnpairRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PeerInfo, _abc.Awaitable[_control_pb2.PeerInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def PingPeer(
+        self,
+        request: _control_pb2.PingPeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PingPeerReply, _abc.Awaitable[_control_pb2.PingPeerReply]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,135 @@
+"""The peer port's services: Pairing (open, code-authenticated) and Peer (paired callers only)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc.aio
+
+import migrated
+from migrated.discovery._paired import PairedPeer
+from migrated.errors import PairingError
+from migrated.transport._auth import caller_cert_hash
+from migrated.transport._identity import cert_hash, public_key_of
+from migrated.transport._pairing import PairingServer, Party
+from migrated.transport.v1 import peer_pb2 as pb
+from migrated.transport.v1 import peer_pb2_grpc
+
+if TYPE_CHECKING:
+    from migrated.daemon._peers import Peers
+
+__all__ = ["PairingService", "PeerService", "hello_party"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SESSION_TTL = 60.0
+MAX_SESSIONS = 8
+MAX_PEM = 8192
+MAX_NAME = 64
+
+
+def hello_party(hello: pb.PeerHello) -> Party:
+    """The identities a hello claims, checked to be well formed and to share one key."""
+    if not 0 < len(hello.name) <= MAX_NAME or not hello.name.isprintable():
+        raise PairingError("the pairing request names no usable host name; run `mig pair HOST CODE` again")
+    if not (0 < len(hello.cert_pem) <= MAX_PEM and 0 < len(hello.client_cert_pem) <= MAX_PEM):
+        raise PairingError("the pairing request carries no usable certificate")
+    try:
+        same_key = public_key_of(hello.cert_pem) == public_key_of(hello.client_cert_pem)
+    except ValueError:
+        raise PairingError("the pairing request carries a malformed certificate") from None
+    if not same_key:
+        raise PairingError("the pairing request's two certificates are for different keys")
+    return Party(hello.name, cert_hash(hello.cert_pem), cert_hash(hello.client_cert_pem))
+
+
+@dataclass(slots=True)
+class _Session:
+    server: PairingServer
+    hello: pb.PeerHello
+    caller: str  # client certificate hash of the caller that began it
+    host: str  # the caller's IP address
+    expires: float
+
+
+class PairingService(peer_pb2_grpc.PairingServicer):
+    """Open to any caller: nothing is stored unless the caller proves it typed this host's code."""
+
+    def __init__(self, peers: Peers) -> None:
+        self.peers = peers
+        self._sessions: dict[str, _Session] = {}
+
+    async def PairBegin(self, request: pb.PairBeginRequest, context: Context) -> pb.PairBeginReply:
+        client = hello_party(request.client)
+        if caller_cert_hash(context) != client.client_cert_hash:
+            raise PairingError("the pairing request's client certificate is not the one used for this connection")
+        now = time.monotonic()
+        code = self.peers.codes.take_try(now, self.peers.name)
+        server = PairingServer(code, self.peers.party)
+        confirm = server.answer(request.spake_message, client)
+        self._expire(now)
+        while len(self._sessions) >= MAX_SESSIONS:
+            self._sessions.pop(next(iter(self._sessions)))
+        session = secrets.token_hex(16)
+        self._sessions[session] = _Session(
+            server, request.client, client.client_cert_hash, _caller_host(context), now + SESSION_TTL
+        )
+        return pb.PairBeginReply(
+            session=session, server=self.peers.hello(), spake_message=server.message, confirm=confirm
+        )
+
+    async def PairFinish(self, request: pb.PairFinishRequest, context: Context) -> pb.PairFinishReply:
+        self._expire(time.monotonic())
+        session = self._sessions.pop(request.session, None)
+        if session is None or caller_cert_hash(context) != session.caller:
+            raise PairingError("this pairing attempt is unknown or timed out; run `mig pair HOST CODE` again")
+        if not session.server.confirmed(request.confirm):
+            raise PairingError(f"the pairing code was wrong; check the code `mig pair` shows on {self.peers.name}")
+        hello = session.hello
+        host = f"[{session.host}]" if ":" in session.host else session.host
+        self.peers.paired.add(
+            PairedPeer(
+                name=hello.name,
+                device_id=cert_hash(hello.cert_pem),
+                cert_pem=hello.cert_pem.decode(),
+                client_cert_hash=cert_hash(hello.client_cert_pem),
+                address=f"{host}:{hello.port}",
+                paired_at=time.time(),
+            )
+        )
+        self.peers.codes.burn()
+        self.peers.changed()
+        return pb.PairFinishReply()
+
+    def _expire(self, now: float) -> None:
+        for key in [key for key, session in self._sessions.items() if session.expires <= now]:
+            del self._sessions[key]
+
+
+class PeerService(peer_pb2_grpc.PeerServicer):
+    """What paired peers may ask; the server's PairedOnly check has run before any of these."""
+
+    def __init__(self, peers: Peers) -> None:
+        self.peers = peers
+
+    async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingReply:
+        return pb.PingReply(
+            name=self.peers.name,
+            device_id=self.peers.identity.device_id,
+            version=migrated.__version__,
+            proto=1,
+            apps_running=self.peers.apps_running(),
+            load=os.getloadavg()[0],
+            payload=request.payload,
+        )
+
+
+def _caller_host(context: Context) -> str:
+    """The caller's IP address from ``ipv4:10.0.0.2:5555`` or ``ipv6:[::1]:5555``."""
+    peer = context.peer()
+    kind, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0]
+    return host.strip("[]") if kind in ("ipv4", "ipv6") else ""
