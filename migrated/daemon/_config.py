@@ -86,7 +86,12 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def peer_settings(
-    file: dict[str, Any], *, listen: str | None, peers: tuple[str, ...], mdns: bool | None
+    file: dict[str, Any],
+    *,
+    listen: str | None,
+    peers: tuple[str, ...],
+    mdns: bool | None,
+    interfaces: tuple[str, ...] = (),
 ) -> PeerSettings:
     """Merge the config file with the flags: flags win, and ``--peer`` adds to the file's peers."""
     file_listen = _typed(file, "listen", str)
@@ -102,15 +107,15 @@ def peer_settings(
         raise ConfigError('peers in the config file must be a list of "HOST:PORT" strings')
     all_peers = tuple(dict.fromkeys(parse_address(p, what="the peer") for p in (*file_peers, *peers)))
     file_mdns = _typed(file, "mdns", bool)
-    interfaces = _typed(file, "mdns_interfaces", list) or []
-    if not all(isinstance(i, str) for i in interfaces):
+    file_interfaces = _typed(file, "mdns_interfaces", list) or []
+    if not all(isinstance(i, str) for i in file_interfaces):
         raise ConfigError("mdns_interfaces in the config file must be a list of IPv4 address strings")
     return PeerSettings(
         listen=address,
         listen_given=listen_text is not None,
         peers=all_peers,
         mdns=next(choice for choice in (mdns, file_mdns, True) if choice is not None),
-        mdns_interfaces=tuple(interfaces),
+        mdns_interfaces=interfaces or tuple(file_interfaces),
     )
 
 

@@ -43,6 +43,13 @@ __all__ = ["main"]
     envvar="MIGRATED_MDNS",
     help="Announce this daemon and look for others over mDNS (default: on). Env: MIGRATED_MDNS=0|1.",
 )
+@click.option(
+    "--mdns-interface",
+    "mdns_interfaces",
+    metavar="ADDR",
+    multiple=True,
+    help="Run mDNS only on the interface with this IPv4 address (repeatable; default: all).",
+)
 @click.option("--handshake-timeout", type=float, default=10.0, hidden=True, help="Seconds a TLS handshake may take.")
 @click.option("--ready-fd", type=int, default=-1, hidden=True, help="Write 'ready' to this fd once serving.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -54,6 +61,7 @@ def main(
     listen: str | None,
     peers: tuple[str, ...],
     mdns: bool | None,
+    mdns_interfaces: tuple[str, ...],
     handshake_timeout: float,
     ready_fd: int,
     verbose: bool,
@@ -76,7 +84,7 @@ def main(
             host=str(name),
             console_lines=console_lines,
             console_bytes=console_bytes,
-            peers=peer_settings(file, listen=listen, peers=peers, mdns=mdns),
+            peers=peer_settings(file, listen=listen, peers=peers, mdns=mdns, interfaces=mdns_interfaces),
             handshake_timeout=handshake_timeout,
         )
         asyncio.run(serve(config, ready=lambda: _signal_ready(ready_fd)))
