@@ -37,7 +37,11 @@ def _wait(stub: control_pb2_grpc.ControlStub, name: str, want: str, deadline: fl
     while time.perf_counter() - start < deadline:
         rows = {peer.name: peer for peer in stub.Peers(control_pb2.PeersRequest(), timeout=5).peers}
         row = rows.get(name)
-        if (want == "listed" and row) or (want == "reachable" and row and row.reachable) or (want == "gone" and not row):
+        if (
+            (want == "listed" and row)
+            or (want == "reachable" and row and row.reachable)
+            or (want == "gone" and not row)
+        ):
             return time.perf_counter()
         time.sleep(0.002)
     raise TimeoutError(f"{name} not {want} within {deadline} s")
