@@ -130,7 +130,7 @@ class World:
         elif kind == 3 and self.src_alive and self.to_src:
             self.deliver_to_src(self.to_src.pop(pick % len(self.to_src)))
         elif kind == 4 and (self.to_dst or self.to_src):
-            queue = self.to_dst if pick % 2 and self.to_dst or not self.to_src else self.to_src
+            queue = self.to_dst if (pick % 2 and self.to_dst) or not self.to_src else self.to_src
             queue.pop(pick % len(queue))  # lost
         elif kind == 5 and self.src_alive:
             self.timeout_src()
