@@ -40,7 +40,7 @@ async def _serve(mode: str, identity_dir: Path, client_hash: str, port_file: Pat
 
     from migrated.transport._auth import PairedOnly
 
-    class Echo(peer_pb2_grpc.PeerServicer):
+    class Echo(peer_pb2_grpc.PeerServicer):  # only Ping is served
         async def Ping(self, request: peer_pb2.PingRequest, context: Any) -> peer_pb2.PingReply:
             return peer_pb2.PingReply(name="bench", payload=request.payload)
 
@@ -51,7 +51,7 @@ async def _serve(mode: str, identity_dir: Path, client_hash: str, port_file: Pat
         server = grpc.aio.server(
             options=options, interceptors=[PairedOnly(("migrated.v1.Peer",), lambda h: h == client_hash, "no")]
         )
-    peer_pb2_grpc.add_PeerServicer_to_server(Echo(), server)
+    peer_pb2_grpc.add_PeerServicer_to_server(Echo(), server)  # type: ignore[abstract]
     if mode == "plain":
         port = server.add_insecure_port("127.0.0.1:0")
     else:

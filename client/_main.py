@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 
 from client import _render
 from client._connect import Daemon, connect, rpc_error
@@ -184,6 +185,36 @@ def status(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps(_render.status_json(reply), indent=2))
     else:
         _render.status_text(reply)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("host")
+@pass_ctx
+def move(ctx: Context, name: str, host: str) -> None:
+    """Move a running app to a paired HOST while it runs; only the final copy freezes it."""
+    import time
+
+    started = time.perf_counter()
+    copied: dict[str, pb.MoveProgress] = {}
+    where = host
+    with _render.MoveBar(sys.stdout.isatty()) as bar:
+        try:
+            for update in ctx.daemon.stub.Move(pb.MoveRequest(name=name, host=host)):
+                bar.update(update)
+                if update.phase in ("pre-copy", "final copy"):
+                    copied[update.phase] = update
+                if update.app.name:
+                    where = update.app.host
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, ctx.state_dir) from None
+    sent = sum(update.bytes_sent for update in copied.values())
+    chunks = sum(update.chunks_sent for update in copied.values())
+    skipped = sum(update.chunks_skipped for update in copied.values())
+    click.echo(
+        f"moved {name} to {where} in {time.perf_counter() - started:.2f} s: frozen {bar.downtime * 1000:.0f} ms; "
+        f"sent {_render.size(sent)} in {chunks} chunks, {skipped} chunks skipped ({where} had them)"
+    )
 
 
 @cli.command()

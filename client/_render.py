@@ -9,6 +9,7 @@ from typing import Any
 from migrated.transport.v1 import control_pb2 as pb
 
 __all__ = [
+    "MoveBar",
     "app_json",
     "app_table",
     "history_table",
@@ -40,6 +41,7 @@ def app_json(app: pb.AppInfo) -> dict[str, Any]:
         "state": state_name(app.state),
         "kind": pb.AppKind.Name(app.kind).removeprefix("APP_KIND_").lower(),
         "host": app.host,
+        "epoch": app.epoch,
         "home": app.home,
         "version": app.version or None,
         "pid": app.pid or None,
@@ -213,3 +215,41 @@ def history_table(entries: list[pb.VersionEntry]) -> None:
             entry.message,
         )
     Console().print(table)
+
+
+class MoveBar:
+    """``mig move``'s progress: a bar per copy phase on a terminal, a line per phase otherwise."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.downtime = 0.0
+        self._phase = ""
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> MoveBar:
+        if self.live:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description:<11}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, update: pb.MoveProgress) -> None:
+        """Show one progress report."""
+        if update.downtime:
+            self.downtime = update.downtime
+        if update.phase != self._phase:
+            self._phase = update.phase
+            if self._progress is not None:
+                self._task = self._progress.add_task(update.phase, total=update.bytes_total or None)
+            elif update.phase != "done":
+                print(f"{update.phase}...", flush=True)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=update.bytes_sent, total=update.bytes_total or None)

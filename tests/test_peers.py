@@ -197,9 +197,13 @@ def test_the_pin_is_the_exact_client_certificate(two: tuple[Daemon, Daemon], tmp
     with channel(alpha, beta_key_pem, reissued.public_bytes(pem)) as ch:
         errors = call_every_peer_rpc(ch)
     assert {exc.code() for exc in errors.values()} == {grpc.StatusCode.PERMISSION_DENIED}
-    # Beta's real client certificate passes.
+    # Beta's real client certificate passes the pin; empty requests are then refused for what they are.
     with channel(alpha, beta_key_pem, (beta.dir / "identity" / "client.pem").read_bytes()) as ch:
-        assert call_every_peer_rpc(ch) == {}
+        errors = call_every_peer_rpc(ch)
+    assert "Ping" not in errors
+    allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+    assert {exc.code() for exc in errors.values()} <= allowed, errors
+    assert not list((alpha.dir / "migrations").glob("*.json"))  # nothing recorded from garbage
 
 
 def issue(public_key: Any, signer: ec.EllipticCurvePrivateKey, issuer: x509.Name) -> x509.Certificate:

@@ -284,6 +284,10 @@ class Store:
         text = message or f"fork of {app} version {number}"
         return self._write(lambda conn: _writes.copy_version(conn, app, number, new_app, Kind.FORK, text))
 
+    def adopt(self, staging: str, version: int, app: str, message: str) -> VersionInfo:
+        """Make a staged version the next version of ``app`` (kind ``move``) and drop the staging app."""
+        return self._write(lambda conn: _writes.adopt_version(conn, staging, version, app, message))
+
     def delete_versions(self, app: str, versions: Sequence[int]) -> list[int]:
         """Delete versions of ``app``; return those that existed. Their chunks stay until ``gc``."""
         return self._write(lambda conn: _writes.delete_versions(conn, app, versions))

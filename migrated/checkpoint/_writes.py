@@ -16,7 +16,7 @@ from migrated.checkpoint._writer import immediate
 from migrated.errors import AppExistsError, CheckpointError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
-__all__ = ["GcReport", "copy_version", "delete_versions", "gc", "put_version", "remove_app", "retain"]
+__all__ = ["GcReport", "adopt_version", "copy_version", "delete_versions", "gc", "put_version", "remove_app", "retain"]
 
 Encode = Callable[[bytes], StoredChunk]
 
@@ -67,6 +67,22 @@ def copy_version(
         final = _finish(manifest, number, parent, 0)
         ids = [row[0] for row in conn.execute("SELECT chunk_id FROM version_chunks WHERE version_id = ?", (source.id,))]
         return _insert_version(conn, app_id, final, set(ids))
+
+
+def adopt_version(conn: sqlite3.Connection, staging: str, version: int, app: str, message: str) -> VersionInfo:
+    """Make ``staging``'s ``version`` (a move's incoming state) the next version of ``app``, and drop ``staging``;
+    both in one transaction, so a crash leaves either the staged version or the adopted one."""
+    with immediate(conn):
+        source = find_version(conn, staging, version)
+        app_id, number, latest = _app_for_new_version(conn, app)
+        manifest = pb.CheckpointManifest()
+        manifest.CopyFrom(source.manifest)
+        manifest.app, manifest.kind, manifest.message, manifest.created = app, proto_kind(Kind.MOVE), message, 0
+        final = _finish(manifest, number, latest, source.manifest.bytes_added)
+        ids = [row[0] for row in conn.execute("SELECT chunk_id FROM version_chunks WHERE version_id = ?", (source.id,))]
+        info = _insert_version(conn, app_id, final, set(ids))
+        conn.execute("DELETE FROM apps WHERE name = ?", (staging,))
+        return info
 
 
 def _refuse_existing(conn: sqlite3.Connection, app: str) -> None:

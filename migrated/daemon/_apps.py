@@ -37,6 +37,7 @@ STOP_GRACE = 5.0
 CRASH_WINDOW = 60.0  # crashes this close together count towards giving up
 MAX_CRASHES = 5
 RESTART_POLICIES = ("on-crash", "never")
+_PLACE = ("epoch", "host", "host_device", "home", "home_device")
 
 
 class State(enum.Enum):
@@ -48,6 +49,7 @@ class State(enum.Enum):
     EXITED = "exited"
     CRASHED = "crashed"
     CLOSED = "closed"
+    AWAY = "away"  # runs on another host; this one is its home and keeps its record
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,14 @@ class AppRecord:
     closing: bool = False
     version: int = 0  # latest checkpoint version
     restarts: int = 0  # times the daemon brought it back after a crash
+    epoch: int = 0  # grows with every hand-off between hosts
+    host: str = ""  # the peer that runs it while AWAY ("" here)
+    host_device: str = ""
+    home: str = ""  # its home when that is another host ("" here)
+    home_device: str = ""
+    moving: bool = False
+    remote_pid: int = 0  # the runner's pid on ``host``
+    console_applied: int = 0  # while AWAY: the last console line of the remote copy applied here
     crash_times: list[float] = field(default_factory=list)
     autosave_task: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -101,6 +111,16 @@ class AppRecord:
     def running(self) -> bool:
         """Whether a runner process hosts the app now."""
         return self.state in (State.STARTING, State.RUNNING, State.STOPPING)
+
+    def place(self) -> dict[str, Any]:
+        """Where it runs and where its home is, as kept across restarts."""
+        return {key: getattr(self, key) for key in _PLACE}
+
+    def not_here(self) -> str:
+        """Why this host cannot act on the app itself ("" when it can)."""
+        if self.state is State.AWAY:
+            return f"{self.name!r} runs on {self.host}"
+        return f"{self.name!r} is moving" if self.moving else ""
 
 
 class AppTable:
@@ -132,9 +152,16 @@ class AppTable:
 
     async def load_saved(self) -> None:
         """Bring back the apps an earlier run of the daemon knew: closed ones stay closed and openable."""
-        for spec, state in self._specs.load():
+        for spec, state, place in self._specs.load():
             latest = await asyncio.to_thread(self.store.latest, spec.name)
             record = AppRecord(spec, self._new_console(spec.name), version=latest.version if latest else 0)
+            for key in _PLACE:
+                if key in place:
+                    setattr(record, key, place[key])
+            if state == State.AWAY.value:
+                record.state = State.AWAY
+                self._apps[spec.name] = record
+                continue
             if state == State.CLOSED.value and latest is not None:
                 record.state = State.CLOSED
             elif latest is not None:
@@ -147,7 +174,7 @@ class AppTable:
                 record.reason = "the daemon stopped while it ran, before it had a checkpoint"
             record.ended.set()
             self._apps[spec.name] = record
-            self._specs.save(spec, record.state)
+            self.save(record)
 
     def _new_console(self, name: str) -> Console:
         return Console(self._console_lines, self._console_bytes, self._console_dir / name)
@@ -170,7 +197,7 @@ class AppTable:
             del self._apps[spec.name]
             record.console.destroy()
             raise
-        self._specs.save(spec, State.RUNNING)
+        self.save(record, State.RUNNING)
         return record
 
     async def _start(self, record: AppRecord, load: dict[str, object]) -> dict[str, Any]:
@@ -227,7 +254,7 @@ class AppTable:
         record.state = State.CRASHED if outcome.crashed else State.EXITED
         if record.closing and not outcome.crashed:
             record.state = State.CLOSED
-        self._specs.save(record.spec, record.state)
+        self.save(record)
         record.exit_code = outcome.exit_code
         record.reason = outcome.reason
         record.ended_at = time.time()
@@ -280,7 +307,7 @@ class AppTable:
                 return
             record.version = info.version
             record.restarts += 1
-            self._specs.save(record.spec, State.RUNNING)
+            self.save(record, State.RUNNING)
         await record.console.note(f"{record.name} is back from version {restored} (as version {info.version})")
 
     async def _give_up(self, record: AppRecord, why: str) -> None:
@@ -291,6 +318,8 @@ class AppTable:
     async def stop(self, name: str, force: bool = False, reason: str = "") -> AppRecord:
         """Stop a running app: ``on_stop`` then exit, or SIGKILL after a grace period (at once if ``force``)."""
         record = self.get(name)
+        if record.state is State.AWAY:
+            raise AppStateError(f"{record.not_here()}; stop it there (mig --dir on that host) or move it back first")
         if not record.running or record.runner is None:
             raise AppStateError(f"{name!r} is not running (it {record.state.value}); nothing to stop")
         runner = record.runner
@@ -308,6 +337,8 @@ class AppTable:
     async def remove(self, name: str, force: bool = False) -> None:
         """Forget an app that does not run (stopping it first with ``force``)."""
         record = self.get(name)
+        if record.not_here():
+            raise AppStateError(f"{record.not_here()}; move it back here before removing it")
         if record.running:
             if not force:
                 raise AppStateError(
@@ -322,6 +353,8 @@ class AppTable:
     async def send(self, name: str, text: str) -> None:
         """Deliver each line of ``text`` to the app's ``on_input``."""
         record = self.get(name)
+        if record.state is State.AWAY:
+            raise AppStateError(f"{record.not_here()}; input to a moved app comes with home I/O, not yet")
         if record.state is not State.RUNNING or record.runner is None:
             raise AppStateError(f"{name!r} is not running (it {record.state.value}); it cannot take input")
         for line in text.splitlines() or [""]:
@@ -336,6 +369,8 @@ class AppTable:
     async def _checkpoint(
         self, record: AppRecord, kind: str, message: str, hold: bool = False
     ) -> tuple[VersionInfo, Captured]:
+        if record.state is State.AWAY:
+            raise AppStateError(f"{record.not_here()}; its checkpoints are taken there")
         if record.state is not State.RUNNING or record.runner is None:
             raise AppStateError(
                 f"{record.name!r} is not running (it {record.state.value}); only a running app can be checkpointed"
@@ -363,6 +398,8 @@ class AppTable:
     async def close(self, name: str) -> AppRecord:
         """Checkpoint a running app and stop it; it stays listed as closed, to be opened again."""
         record = self.get(name)
+        if record.not_here():
+            raise AppStateError(f"{record.not_here()}; close it there, or move it back first")
         async with record.lock:
             await asyncio.shield(self._checkpoint(record, "close", "closed by mig close", hold=True))
             record.closing = True
@@ -373,6 +410,8 @@ class AppTable:
         """Thaw an app that does not run from its latest good version, or from ``version``."""
         record = self.get(name)
         async with record.lock:
+            if record.not_here():
+                raise AppStateError(f"{record.not_here()}; it is not closed")
             if record.running:
                 raise AppStateError(f"{name!r} is running already; mig close {name} first to open another version")
             if not record.version:
@@ -381,12 +420,14 @@ class AppTable:
                 await asyncio.to_thread(self.store.get_version, name, version)
             record.console.reopen()
             await self._start(record, _load_spec(record.spec, self.store.path, version))
-            self._specs.save(record.spec, State.RUNNING)
+            self.save(record, State.RUNNING)
         return record
 
     async def restore(self, name: str, version: int) -> AppRecord:
         """Make ``version`` the latest as a new version (history is kept); a running app goes on from it."""
         record = self.get(name)
+        if record.not_here():
+            raise AppStateError(f"{record.not_here()}; move it back here to restore a version")
         await asyncio.to_thread(self.store.get_version, name, version)
         was_running = record.running
         if was_running:
@@ -439,8 +480,37 @@ class AppTable:
         record = AppRecord(spec, self._new_console(spec.name), state=State.CLOSED, version=version)
         record.ended.set()
         self._apps[spec.name] = record
-        self._specs.save(spec, State.CLOSED)
+        self.save(record, State.CLOSED)
         return record
+
+    async def adopt(self, spec: AppSpec, version: int, epoch: int, home: str, home_device: str) -> AppRecord:
+        """Run an app that moved here, from ``version`` (already in the store), at ``epoch``."""
+        record = self._apps.get(spec.name)
+        if record is None:
+            record = AppRecord(spec, self._new_console(spec.name))
+            self._apps[spec.name] = record
+        else:
+            record.console.reopen()
+        record.epoch, record.home, record.home_device = epoch, home, home_device
+        record.host = record.host_device = ""
+        record.remote_pid = 0
+        record.version = version
+        async with record.lock:
+            await self._start(record, _load_spec(spec, self.store.path, version))
+        self.save(record, State.RUNNING)
+        await record.console.note(f"{spec.name} arrived (epoch {epoch}), from version {version}")
+        return record
+
+    def forget(self, name: str) -> None:
+        """Drop an app that moved on from this host (not its home); its versions stay in the store."""
+        record = self._apps.pop(name, None)
+        if record is not None:
+            record.console.destroy()
+        self._specs.delete(name)
+
+    def save(self, record: AppRecord, state: State | None = None) -> None:
+        """Keep what a restart needs of the app: its spec, its state, where it runs and its home."""
+        self._specs.save(record.spec, state or record.state, record.place())
 
     async def history(self, name: str) -> list[VersionInfo]:
         """Every version of an app, oldest first."""
@@ -546,8 +616,8 @@ class _SpecFiles:
         self.directory = directory
         directory.mkdir(mode=0o700, exist_ok=True)
 
-    def save(self, spec: AppSpec, state: State) -> None:
-        data = json.dumps({"spec": dataclasses.asdict(spec), "state": state.value}).encode()
+    def save(self, spec: AppSpec, state: State, place: dict[str, Any]) -> None:
+        data = json.dumps({"spec": dataclasses.asdict(spec), "state": state.value, "place": place}).encode()
         tmp = self.directory / f".{spec.name}.json.tmp"
         with open(tmp, "wb") as out:
             out.write(data)
@@ -559,14 +629,14 @@ class _SpecFiles:
         with contextlib.suppress(FileNotFoundError):
             (self.directory / f"{name}.json").unlink()
 
-    def load(self) -> list[tuple[AppSpec, str]]:
+    def load(self) -> list[tuple[AppSpec, str, dict[str, Any]]]:
         found = []
         for path in sorted(self.directory.glob("*.json")):
             try:
                 data = json.loads(path.read_bytes())
                 fields = data["spec"]
                 fields["args"] = tuple(fields.get("args", ()))
-                found.append((AppSpec(**fields), str(data["state"])))
+                found.append((AppSpec(**fields), str(data["state"]), dict(data.get("place", {}))))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring %s: %s", path, exc)
         return found

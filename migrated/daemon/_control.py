@@ -13,6 +13,7 @@ import grpc.aio
 import migrated
 from migrated.checkpoint import VersionInfo
 from migrated.daemon._apps import AppRecord, AppSpec, AppTable, State
+from migrated.daemon._moves import MoveProgress, Moves
 from migrated.daemon._peers import Peers
 from migrated.discovery._table import PeerRow
 from migrated.errors import AppFileError, UsageError
@@ -28,6 +29,7 @@ _STATES = {
     State.EXITED: pb.APP_STATE_EXITED,
     State.CRASHED: pb.APP_STATE_CRASHED,
     State.CLOSED: pb.APP_STATE_CLOSED,
+    State.AWAY: pb.APP_STATE_RUNNING,  # on another host, as ``host`` says
 }
 _KINDS = {"script": pb.APP_KIND_SCRIPT, "repl": pb.APP_KIND_REPL}
 BATCH_LINES = 8192
@@ -38,9 +40,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class ControlService(control_pb2_grpc.ControlServicer):
     """Serves the control API from the app table."""
 
-    def __init__(self, apps: AppTable, peers: Peers, host: str, state_dir: str, shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self, apps: AppTable, peers: Peers, moves: Moves, host: str, state_dir: str, shutdown: Callable[[], None]
+    ) -> None:
         self.apps = apps
         self.peers = peers
+        self.moves = moves
         self.host = host
         self.state_dir = state_dir
         self.started_at = time.time()
@@ -51,11 +56,11 @@ class ControlService(control_pb2_grpc.ControlServicer):
         spec = record.spec
         return pb.AppInfo(
             name=spec.name,
-            state=_STATES[record.state],
+            state=pb.APP_STATE_MOVING if record.moving else _STATES[record.state],
             kind=_KINDS[spec.kind],
-            host=self.host,
-            home=self.host,
-            pid=record.pid,
+            host=record.host or self.host,
+            home=record.home or self.host,
+            pid=record.remote_pid if record.state is State.AWAY else record.pid,
             file=spec.file,
             app_class=record.app_class or spec.app_class,
             cwd=spec.cwd,
@@ -70,6 +75,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             keep=spec.keep,
             restart=spec.restart,
             restarts=record.restarts,
+            epoch=record.epoch,
         )
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
@@ -200,6 +206,29 @@ class ControlService(control_pb2_grpc.ControlServicer):
     async def Unpair(self, request: pb.UnpairRequest, context: Context) -> pb.PeerInfo:
         peer = self.peers.unpair(request.host)
         return pb.PeerInfo(name=peer.name, address=peer.address, device_id=peer.device_id, paired=False)
+
+    async def Move(self, request: pb.MoveRequest, context: Context) -> AsyncIterator[pb.MoveProgress]:
+        updates: asyncio.Queue[MoveProgress] = asyncio.Queue()
+        job = asyncio.ensure_future(self.moves.move(request.name, request.host, updates.put_nowait))
+        while not job.done() or not updates.empty():
+            getter = asyncio.ensure_future(updates.get())
+            await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            update = getter.result()
+            yield pb.MoveProgress(
+                phase=update.phase,
+                bytes_sent=update.bytes_sent,
+                bytes_total=update.bytes_total,
+                chunks_sent=update.chunks_sent,
+                chunks_skipped=update.chunks_skipped,
+                downtime=update.downtime,
+            )
+        record, destination = await job
+        info = self.info(record)
+        info.host = destination
+        yield pb.MoveProgress(phase="done", app=info)
 
     async def PingPeer(self, request: pb.PingPeerRequest, context: Context) -> pb.PingPeerReply:
         row, rtts = await self.peers.ping(request.host, request.count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ import grpc.aio
 
 import migrated
 from migrated.discovery._paired import PairedPeer
-from migrated.errors import PairingError
+from migrated.errors import NotPairedError, PairingError
 from migrated.transport._auth import caller_cert_hash
 from migrated.transport._identity import cert_hash, public_key_of
 from migrated.transport._pairing import PairingServer, Party
@@ -125,6 +126,39 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             load=os.getloadavg()[0],
             payload=request.payload,
         )
+
+    async def Preflight(self, request: pb.PreflightRequest, context: Context) -> pb.PreflightReply:
+        return pb.PreflightReply(problems=self.peers.moves().preflight(request))
+
+    async def Missing(self, request: pb.MissingRequest, context: Context) -> pb.MissingReply:
+        return pb.MissingReply(missing=await self.peers.moves().missing(list(request.hashes)))
+
+    async def Stage(self, request_iterator: AsyncIterator[pb.StageRequest], context: Context) -> pb.StageReply:
+        return await self.peers.moves().stage(request_iterator)
+
+    async def Prepare(self, request: pb.PrepareRequest, context: Context) -> pb.PrepareReply:
+        await self.peers.moves().prepare(request, self._caller(context))
+        return pb.PrepareReply()
+
+    async def Commit(self, request: pb.CommitRequest, context: Context) -> pb.CommitReply:
+        return pb.CommitReply(pid=await self.peers.moves().commit(request))
+
+    async def Abort(self, request: pb.AbortRequest, context: Context) -> pb.AbortReply:
+        await self.peers.moves().abort(request)
+        return pb.AbortReply()
+
+    async def Decision(self, request: pb.DecisionRequest, context: Context) -> pb.DecisionReply:
+        return pb.DecisionReply(state=self.peers.moves().decision(request))
+
+    async def ConsoleAppend(self, request: pb.ConsoleAppendRequest, context: Context) -> pb.ConsoleAppendReply:
+        applied = await self.peers.moves().console_append(request, self._caller(context))
+        return pb.ConsoleAppendReply(applied_to=applied)
+
+    def _caller(self, context: Context) -> PairedPeer:
+        caller = self.peers.paired.by_client(caller_cert_hash(context) or "")
+        if caller is None:  # PairedOnly let it in, and it was unpaired since
+            raise NotPairedError(f"{self.peers.name} no longer pairs with this host")
+        return caller
 
 
 def _caller_host(context: Context) -> str:

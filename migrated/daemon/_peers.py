@@ -37,6 +37,7 @@ from migrated.transport.v1 import peer_pb2 as pb
 from migrated.transport.v1 import peer_pb2_grpc
 
 if TYPE_CHECKING:
+    from migrated.daemon._moves import Moves
     from migrated.discovery import Advert, Mdns
 
 __all__ = ["MAX_MESSAGE", "Peers"]
@@ -78,6 +79,17 @@ class Peers:
         self._mdns: Mdns | None = None
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self._wake = asyncio.Event()
+        self._moves: Moves | None = None
+
+    def serve_moves(self, moves: Moves) -> None:
+        """Let paired peers move apps here (and send the console of ours home)."""
+        self._moves = moves
+
+    def moves(self) -> Moves:
+        """The moves this host takes part in."""
+        if self._moves is None:
+            raise PeerUnreachableError(f"{self.name} is still starting; try again in a moment")
+        return self._moves
 
     # -- lifecycle
 

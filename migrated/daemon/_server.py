@@ -15,6 +15,7 @@ from migrated.checkpoint import Store
 from migrated.daemon._apps import AppTable
 from migrated.daemon._config import PeerSettings
 from migrated.daemon._control import ControlService
+from migrated.daemon._moves import Moves
 from migrated.daemon._peers import Peers
 from migrated.daemon._statedir import StateDir
 from migrated.transport._errors import ErrorInterceptor
@@ -62,9 +63,12 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
             await apps.load_saved()
             if store.unclean:
                 log.warning("the checkpoint store was not closed cleanly; quick_check: %s", store.problems or "ok")
+            moves = Moves(apps, peers, config.state_dir, config.host, tasks)
+            peers.serve_moves(moves)
+            await moves.recover()
             probes = tasks.create_task(peers.run_probes())
             server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-            service = ControlService(apps, peers, config.host, str(config.state_dir), stop.set)
+            service = ControlService(apps, peers, moves, config.host, str(config.state_dir), stop.set)
             control_pb2_grpc.add_ControlServicer_to_server(service, server)
             server.add_insecure_port(f"unix:{state_dir.socket}")
             await server.start()
@@ -73,6 +77,7 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
             await stop.wait()
             log.info("stopping")
             await apps.close_all()
+            moves.close()
             probes.cancel()
             await server.stop(grace=1.0)
     finally:

@@ -91,6 +91,7 @@ class AppInfo(_message.Message):
     KEEP_FIELD_NUMBER: _builtins.int
     RESTART_FIELD_NUMBER: _builtins.int
     RESTARTS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___AppState.ValueType
     kind: Global___AppKind.ValueType
@@ -120,6 +121,8 @@ class AppInfo(_message.Message):
     restart: _builtins.str
     restarts: _builtins.int
     """times the daemon brought it back after a crash"""
+    epoch: _builtins.int
+    """grows with every hand-off between hosts"""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -145,10 +148,11 @@ class AppInfo(_message.Message):
         keep: _builtins.str = ...,
         restart: _builtins.str = ...,
         restarts: _builtins.int = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_class", b"app_class", "args", b"args", "autosave", b"autosave", "console_seq", b"console_seq", "cwd", b"cwd", "ended_at", b"ended_at", "exit_code", b"exit_code", "file", b"file", "home", b"home", "host", b"host", "keep", b"keep", "kind", b"kind", "name", b"name", "pid", b"pid", "reason", b"reason", "restart", b"restart", "restarts", b"restarts", "started_at", b"started_at", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_class", b"app_class", "args", b"args", "autosave", b"autosave", "console_seq", b"console_seq", "cwd", b"cwd", "ended_at", b"ended_at", "epoch", b"epoch", "exit_code", b"exit_code", "file", b"file", "home", b"home", "host", b"host", "keep", b"keep", "kind", b"kind", "name", b"name", "pid", b"pid", "reason", b"reason", "restart", b"restart", "restarts", b"restarts", "started_at", b"started_at", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -413,6 +417,72 @@ class UnpairRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnpairRequest: _TypeAlias = UnpairRequest  # noqa: Y015
+
+@_typing.final
+class MoveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    host: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveRequest: _TypeAlias = MoveRequest  # noqa: Y015
+
+@_typing.final
+class MoveProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    CHUNKS_SENT_FIELD_NUMBER: _builtins.int
+    CHUNKS_SKIPPED_FIELD_NUMBER: _builtins.int
+    DOWNTIME_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    """preflight, pre-copy, freeze, final copy, hand-off, done"""
+    bytes_sent: _builtins.int
+    bytes_total: _builtins.int
+    """of the phase"""
+    chunks_sent: _builtins.int
+    chunks_skipped: _builtins.int
+    """the destination had them"""
+    downtime: _builtins.float
+    """seconds the app was frozen; set when done"""
+    @_builtins.property
+    def app(self) -> Global___AppInfo:
+        """set when done"""
+
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        bytes_sent: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+        chunks_sent: _builtins.int = ...,
+        chunks_skipped: _builtins.int = ...,
+        downtime: _builtins.float = ...,
+        app: Global___AppInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "bytes_sent", b"bytes_sent", "bytes_total", b"bytes_total", "chunks_sent", b"chunks_sent", "chunks_skipped", b"chunks_skipped", "downtime", b"downtime", "phase", b"phase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveProgress: _TypeAlias = MoveProgress  # noqa: Y015
 
 @_typing.final
 class PingPeerRequest(_message.Message):

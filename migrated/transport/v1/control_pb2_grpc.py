@@ -159,6 +159,11 @@ class ControlStub:
                 request_serializer=migrated_dot_v1_dot_control__pb2.PingPeerRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_control__pb2.PingPeerReply.FromString,
                 _registered_method=True)
+        self.Move = channel.unary_stream(
+                '/migrated.v1.Control/Move',
+                request_serializer=migrated_dot_v1_dot_control__pb2.MoveRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.MoveProgress.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -314,6 +319,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Move(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -441,6 +452,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.PingPeer,
                     request_deserializer=migrated_dot_v1_dot_control__pb2.PingPeerRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_control__pb2.PingPeerReply.SerializeToString,
+            ),
+            'Move': grpc.unary_stream_rpc_method_handler(
+                    servicer.Move,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.MoveRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.MoveProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1118,6 +1134,33 @@ class Control:
             '/migrated.v1.Control/PingPeer',
             migrated_dot_v1_dot_control__pb2.PingPeerRequest.SerializeToString,
             migrated_dot_v1_dot_control__pb2.PingPeerReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Move(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/migrated.v1.Control/Move',
+            migrated_dot_v1_dot_control__pb2.MoveRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.MoveProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,7 @@ class ControlStub:
     Paired: _grpc.UnaryUnaryMultiCallable[_control_pb2.PairedRequest, _control_pb2.PeersReply]
     Unpair: _grpc.UnaryUnaryMultiCallable[_control_pb2.UnpairRequest, _control_pb2.PeerInfo]
     PingPeer: _grpc.UnaryUnaryMultiCallable[_control_pb2.PingPeerRequest, _control_pb2.PingPeerReply]
+    Move: _grpc.UnaryStreamMultiCallable[_control_pb2.MoveRequest, _control_pb2.MoveProgress]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -85,6 +86,7 @@ class ControlAsyncStub(ControlStub):
     Paired: _aio.UnaryUnaryMultiCallable[_control_pb2.PairedRequest, _control_pb2.PeersReply]  # type: ignore[assignment]
     Unpair: _aio.UnaryUnaryMultiCallable[_control_pb2.UnpairRequest, _control_pb2.PeerInfo]  # type: ignore[assignment]
     PingPeer: _aio.UnaryUnaryMultiCallable[_control_pb2.PingPeerRequest, _control_pb2.PingPeerReply]  # type: ignore[assignment]
+    Move: _aio.UnaryStreamMultiCallable[_control_pb2.MoveRequest, _control_pb2.MoveProgress]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -261,5 +263,12 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.PingPeerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.PingPeerReply, _abc.Awaitable[_control_pb2.PingPeerReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Move(
+        self,
+        request: _control_pb2.MoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.MoveProgress], _abc.AsyncIterator[_control_pb2.MoveProgress]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

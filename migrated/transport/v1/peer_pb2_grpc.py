@@ -158,6 +158,46 @@ class PeerStub:
                 request_serializer=migrated_dot_v1_dot_peer__pb2.PingRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_peer__pb2.PingReply.FromString,
                 _registered_method=True)
+        self.Preflight = channel.unary_unary(
+                '/migrated.v1.Peer/Preflight',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.PreflightRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.PreflightReply.FromString,
+                _registered_method=True)
+        self.Missing = channel.unary_unary(
+                '/migrated.v1.Peer/Missing',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.MissingRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.MissingReply.FromString,
+                _registered_method=True)
+        self.Stage = channel.stream_unary(
+                '/migrated.v1.Peer/Stage',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.StageRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.StageReply.FromString,
+                _registered_method=True)
+        self.Prepare = channel.unary_unary(
+                '/migrated.v1.Peer/Prepare',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.PrepareRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.PrepareReply.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/migrated.v1.Peer/Commit',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.CommitRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.CommitReply.FromString,
+                _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/migrated.v1.Peer/Abort',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.AbortRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.AbortReply.FromString,
+                _registered_method=True)
+        self.Decision = channel.unary_unary(
+                '/migrated.v1.Peer/Decision',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.DecisionRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.DecisionReply.FromString,
+                _registered_method=True)
+        self.ConsoleAppend = channel.unary_unary(
+                '/migrated.v1.Peer/ConsoleAppend',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -170,6 +210,54 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Preflight(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Missing(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stage(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Prepare(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Abort(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decision(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsoleAppend(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +265,46 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=migrated_dot_v1_dot_peer__pb2.PingRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_peer__pb2.PingReply.SerializeToString,
+            ),
+            'Preflight': grpc.unary_unary_rpc_method_handler(
+                    servicer.Preflight,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.PreflightRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.PreflightReply.SerializeToString,
+            ),
+            'Missing': grpc.unary_unary_rpc_method_handler(
+                    servicer.Missing,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.MissingRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.MissingReply.SerializeToString,
+            ),
+            'Stage': grpc.stream_unary_rpc_method_handler(
+                    servicer.Stage,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.StageRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.StageReply.SerializeToString,
+            ),
+            'Prepare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prepare,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.PrepareRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.PrepareReply.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.CommitRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.CommitReply.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.AbortRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.AbortReply.SerializeToString,
+            ),
+            'Decision': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decision,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.DecisionRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.DecisionReply.SerializeToString,
+            ),
+            'ConsoleAppend': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsoleAppend,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -207,6 +335,222 @@ class Peer:
             '/migrated.v1.Peer/Ping',
             migrated_dot_v1_dot_peer__pb2.PingRequest.SerializeToString,
             migrated_dot_v1_dot_peer__pb2.PingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Preflight(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/Preflight',
+            migrated_dot_v1_dot_peer__pb2.PreflightRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.PreflightReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Missing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/Missing',
+            migrated_dot_v1_dot_peer__pb2.MissingRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.MissingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/migrated.v1.Peer/Stage',
+            migrated_dot_v1_dot_peer__pb2.StageRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.StageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prepare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/Prepare',
+            migrated_dot_v1_dot_peer__pb2.PrepareRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.PrepareReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/Commit',
+            migrated_dot_v1_dot_peer__pb2.CommitRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.CommitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/Abort',
+            migrated_dot_v1_dot_peer__pb2.AbortRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.AbortReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/Decision',
+            migrated_dot_v1_dot_peer__pb2.DecisionRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.DecisionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsoleAppend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/ConsoleAppend',
+            migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.FromString,
             options,
             channel_credentials,
             insecure,

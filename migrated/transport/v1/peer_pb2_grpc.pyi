@@ -71,6 +71,14 @@ class PeerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PeerAsyncStub: ...
     Ping: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PingRequest, _peer_pb2.PingReply]
+    Preflight: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PreflightRequest, _peer_pb2.PreflightReply]
+    Missing: _grpc.UnaryUnaryMultiCallable[_peer_pb2.MissingRequest, _peer_pb2.MissingReply]
+    Stage: _grpc.StreamUnaryMultiCallable[_peer_pb2.StageRequest, _peer_pb2.StageReply]
+    Prepare: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PrepareRequest, _peer_pb2.PrepareReply]
+    Commit: _grpc.UnaryUnaryMultiCallable[_peer_pb2.CommitRequest, _peer_pb2.CommitReply]
+    Abort: _grpc.UnaryUnaryMultiCallable[_peer_pb2.AbortRequest, _peer_pb2.AbortReply]
+    Decision: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DecisionRequest, _peer_pb2.DecisionReply]
+    ConsoleAppend: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ConsoleAppendRequest, _peer_pb2.ConsoleAppendReply]
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -78,6 +86,14 @@ class PeerAsyncStub(PeerStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Ping: _aio.UnaryUnaryMultiCallable[_peer_pb2.PingRequest, _peer_pb2.PingReply]  # type: ignore[assignment]
+    Preflight: _aio.UnaryUnaryMultiCallable[_peer_pb2.PreflightRequest, _peer_pb2.PreflightReply]  # type: ignore[assignment]
+    Missing: _aio.UnaryUnaryMultiCallable[_peer_pb2.MissingRequest, _peer_pb2.MissingReply]  # type: ignore[assignment]
+    Stage: _aio.StreamUnaryMultiCallable[_peer_pb2.StageRequest, _peer_pb2.StageReply]  # type: ignore[assignment]
+    Prepare: _aio.UnaryUnaryMultiCallable[_peer_pb2.PrepareRequest, _peer_pb2.PrepareReply]  # type: ignore[assignment]
+    Commit: _aio.UnaryUnaryMultiCallable[_peer_pb2.CommitRequest, _peer_pb2.CommitReply]  # type: ignore[assignment]
+    Abort: _aio.UnaryUnaryMultiCallable[_peer_pb2.AbortRequest, _peer_pb2.AbortReply]  # type: ignore[assignment]
+    Decision: _aio.UnaryUnaryMultiCallable[_peer_pb2.DecisionRequest, _peer_pb2.DecisionReply]  # type: ignore[assignment]
+    ConsoleAppend: _aio.UnaryUnaryMultiCallable[_peer_pb2.ConsoleAppendRequest, _peer_pb2.ConsoleAppendReply]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """Paired callers only: the server checks every call's client certificate hash against its paired table."""
@@ -88,5 +104,61 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.PingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.PingReply, _abc.Awaitable[_peer_pb2.PingReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Preflight(
+        self,
+        request: _peer_pb2.PreflightRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.PreflightReply, _abc.Awaitable[_peer_pb2.PreflightReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Missing(
+        self,
+        request: _peer_pb2.MissingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.MissingReply, _abc.Awaitable[_peer_pb2.MissingReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Stage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_peer_pb2.StageRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.StageReply, _abc.Awaitable[_peer_pb2.StageReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Prepare(
+        self,
+        request: _peer_pb2.PrepareRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.PrepareReply, _abc.Awaitable[_peer_pb2.PrepareReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Commit(
+        self,
+        request: _peer_pb2.CommitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.CommitReply, _abc.Awaitable[_peer_pb2.CommitReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Abort(
+        self,
+        request: _peer_pb2.AbortRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.AbortReply, _abc.Awaitable[_peer_pb2.AbortReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Decision(
+        self,
+        request: _peer_pb2.DecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.DecisionReply, _abc.Awaitable[_peer_pb2.DecisionReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ConsoleAppend(
+        self,
+        request: _peer_pb2.ConsoleAppendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.ConsoleAppendReply, _abc.Awaitable[_peer_pb2.ConsoleAppendReply]]: ...
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,633 @@
+"""Moving apps between hosts: the source's coordinator and the destination's side of the hand-off.
+
+The decisions are ``_handoff``'s; this module carries them out: chunks over the peer port (only those the
+destination lacks), a journal of every migration in ``DIR/migrations/`` (each state on disk before the message
+that depends on it), the freeze, the thaw, and the console of a moved app flowing back to its home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+
+from migrated.checkpoint import Codec, StoredChunk, chunk_hashes, package_mismatches, package_versions
+from migrated.daemon._apps import AppRecord, AppSpec, AppTable, State, _check_name, _materialise
+from migrated.daemon._handoff import (
+    Abort,
+    Action,
+    AskDecision,
+    Commit,
+    Destination,
+    DestState,
+    Drop,
+    Prepare,
+    Record,
+    Refuse,
+    Reply,
+    Resume,
+    Retire,
+    Source,
+    SourceState,
+    Thaw,
+)
+from migrated.daemon._peers import Peers
+from migrated.discovery._paired import PairedPeer
+from migrated.errors import AppNotFoundError, AppStateError, MigError, PeerError, UsageError
+from migrated.transport.v1 import peer_pb2 as pb
+
+__all__ = ["MoveProgress", "Moves"]
+
+log = logging.getLogger("migrated.moves")
+
+BATCH_BYTES = 1 << 20  # chunk bytes per Stage message
+COMMIT_TRIES = 20  # in the foreground; then the commit is retried in the background
+RETRY_DELAY = 0.5
+DISK_MARGIN = 1.2  # free space the destination wants beyond the state's size
+
+
+@dataclass(slots=True)
+class MoveProgress:
+    """How far a move is, for ``mig move``'s progress bar."""
+
+    phase: str
+    bytes_sent: int = 0
+    bytes_total: int = 0
+    chunks_sent: int = 0
+    chunks_skipped: int = 0
+    downtime: float = 0.0
+
+
+Report = Callable[[MoveProgress], None]
+
+
+class Journal:
+    """Every migration this host takes part in: one JSON file each, replaced whole and fsynced."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+    def save(self, entry: dict[str, Any]) -> None:
+        """Write ``entry`` (it has an ``id``) durably."""
+        path = self.directory / f"{entry['role']}-{entry['id']}.json"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            out.write(json.dumps(entry).encode())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def get(self, role: str, migration: str) -> dict[str, Any] | None:
+        """The entry of one migration in one role."""
+        try:
+            return dict(json.loads((self.directory / f"{role}-{migration}.json").read_bytes()))
+        except FileNotFoundError:
+            return None
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every entry."""
+        entries = []
+        for path in sorted(self.directory.glob("*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                entries.append(dict(json.loads(path.read_bytes())))
+        return entries
+
+
+class Moves:
+    """This host's moves, as source and as destination."""
+
+    def __init__(self, apps: AppTable, peers: Peers, state_dir: Path, host: str, tasks: asyncio.TaskGroup) -> None:
+        self.apps = apps
+        self.peers = peers
+        self.store = apps.store
+        self.host = host
+        self.journal = Journal(state_dir / "migrations")
+        self.code_dir = state_dir / "code"
+        self.state_dir = state_dir
+        self._tasks = tasks
+        self._forwarders: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Any, name: str) -> None:
+        """Run ``work`` in the daemon's task group until done or until ``close``."""
+        task = self._tasks.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def close(self) -> None:
+        """Stop retrying and forwarding (the daemon stops); the journal says where each migration stands."""
+        for task in [*self._background, *self._forwarders.values()]:
+            task.cancel()
+
+    # -- source
+
+    async def move(self, name: str, host: str, report: Report) -> tuple[AppRecord, str]:
+        """Move a running app to a paired peer: pre-copy, freeze, final copy, hand-off; return it and the peer."""
+        record = self.apps.get(name)
+        if record.not_here():
+            raise AppStateError(f"{record.not_here()}; it can be moved only from the host that runs it")
+        if record.state is not State.RUNNING:
+            raise AppStateError(
+                f"{name!r} is not running (it {record.state.value}); `mig open {name} --on {host}` moves a closed app"
+            )
+        if host in (self.host, str(self.peers.listen)):
+            raise UsageError(f"{name!r} runs on {host} already")
+        peer, address = self.peers.paired_target(host)
+        stub = self.peers.stub(peer, address)
+        record.moving = True
+        source = Source(uuid.uuid4().hex, name, record.epoch + 1)
+        self._record_source(source, peer)
+        frozen_at = 0.0
+        try:
+            report(MoveProgress("pre-copy"))
+            info, _ = await self.apps.checkpoint(name, "move", f"pre-copy for the move to {peer.name}")
+            manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
+            await self._preflight(stub, source, manifest, peer)
+            await self._send(stub, source, manifest, "pre-copy", report)
+            report(MoveProgress("freeze"))
+            async with record.lock:
+                frozen_at = time.perf_counter()
+                info, _ = await asyncio.shield(
+                    self.apps._checkpoint(record, "move", f"moved to {peer.name}", hold=True)
+                )
+            source = self._carry_source(*source.frozen(info.version), peer)
+            manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
+            staged = await self._send(stub, source, manifest, "final copy", report)
+            report(MoveProgress("hand-off"))
+            await stub.Prepare(
+                pb.PrepareRequest(
+                    migration=_ref(source),
+                    staged_version=staged.version,
+                    settings=_settings(record.spec),
+                    home=record.home or self.host,
+                    home_device_id=record.home_device or self.peers.identity.device_id,
+                ),
+                timeout=60,
+            )
+        except BaseException as exc:
+            await self._abort(source, record, peer, frozen_at > 0)
+            raise self._move_error(exc, name, peer) from None
+        source = self._carry_source(*source.prepared(), peer)  # HANDED_OFF is on disk: no way back
+        pid = await self._commit(stub, source, peer)
+        downtime = time.perf_counter() - frozen_at
+        await self._retire(record, source, peer, pid)
+        report(MoveProgress("done", downtime=downtime))
+        return record, peer.name
+
+    async def _preflight(self, stub: Any, source: Source, manifest: Any, peer: PairedPeer) -> None:
+        """Refuse before anything is frozen when the destination cannot run the app."""
+        request = pb.PreflightRequest(migration=_ref(source), manifest=manifest)
+        problems = (await stub.Preflight(request, timeout=60)).problems
+        if problems:
+            raise AppStateError(f"{source.app!r} cannot run on {peer.name}: {'; '.join(problems)}; it stays here")
+
+    async def _send(self, stub: Any, source: Source, manifest: Any, phase: str, report: Report) -> pb.StageReply:
+        """Stage ``manifest`` at the destination, sending only the chunks it lacks."""
+        hashes = list(dict.fromkeys(chunk_hashes(manifest)))
+        missing = list((await stub.Missing(pb.MissingRequest(hashes=hashes), timeout=60)).missing)
+        chunks = await asyncio.to_thread(lambda: list(self.store.read_chunks(missing)))
+        total = sum(len(chunk.data) for _, chunk in chunks)
+        progress = MoveProgress(phase, 0, total, 0, len(hashes) - len(missing))
+        report(replace(progress))
+
+        async def requests() -> AsyncIterator[pb.StageRequest]:
+            yield pb.StageRequest(migration=_ref(source), manifest=manifest)
+            batch: list[pb.ChunkData] = []
+            size = 0
+            for digest, chunk in chunks:
+                data = bytes(chunk.data)
+                batch.append(pb.ChunkData(hash=digest, codec=int(chunk.codec), raw_size=chunk.raw_size, data=data))
+                size += len(chunk.data)
+                if size >= BATCH_BYTES:
+                    yield pb.StageRequest(chunks=batch)
+                    progress.bytes_sent += size
+                    progress.chunks_sent += len(batch)
+                    report(replace(progress))
+                    batch, size = [], 0
+            if batch:
+                yield pb.StageRequest(chunks=batch)
+                progress.bytes_sent += size
+                progress.chunks_sent += len(batch)
+                report(replace(progress))
+
+        reply: pb.StageReply = await stub.Stage(requests(), timeout=3600)
+        return reply
+
+    async def _commit(self, stub: Any, source: Source, peer: PairedPeer) -> int:
+        """Send COMMIT until the destination acknowledges; the app runs nowhere meanwhile."""
+        for attempt in range(COMMIT_TRIES):
+            try:
+                reply = await stub.Commit(pb.CommitRequest(migration=_ref(source)), timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("commit of %s to %s failed (%s); trying again", source.id, peer.name, exc.code().name)
+                await asyncio.sleep(min(5.0, RETRY_DELAY * 2**attempt))
+                continue
+            self._carry_source(*source.committed(), peer)
+            return int(reply.pid)
+        self._spawn(self._commit_later(source, peer), f"commit {source.id}")
+        raise PeerError(
+            f"{peer.name} does not confirm taking {source.app!r}; it was handed off and will run there once "
+            f"{peer.name} answers (this host keeps asking); `mig ps` shows it as moving meanwhile"
+        )
+
+    async def _commit_later(self, source: Source, peer: PairedPeer) -> None:
+        record = self.apps._apps.get(source.app)
+        while True:
+            try:
+                peer_now, address = self.peers.paired_target(peer.device_id)
+                reply = await self.peers.stub(peer_now, address).Commit(
+                    pb.CommitRequest(migration=_ref(source)), timeout=60
+                )
+            except (grpc.aio.AioRpcError, MigError):
+                await asyncio.sleep(2.0)
+                continue
+            self._carry_source(*source.committed(), peer)
+            if record is not None:
+                await self._retire(record, source, peer, int(reply.pid))
+            return
+
+    async def _abort(self, source: Source, record: AppRecord, peer: PairedPeer, frozen: bool) -> None:
+        """Before the hand-off: tell the destination (best effort) and let the app go on here."""
+        source, actions = source.failed()
+        self._record_source(source, peer)
+        for action in actions:
+            if isinstance(action, Abort):
+                self._spawn(self._send_abort(source, peer), f"abort {source.id}")
+        record.moving = False
+        if frozen and record.runner is not None and record.state is State.RUNNING:
+            with contextlib.suppress(MigError):
+                await record.runner.resume()
+
+    async def _send_abort(self, source: Source, peer: PairedPeer) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, MigError):
+            peer_now, address = self.peers.paired_target(peer.device_id)
+            await self.peers.stub(peer_now, address).Abort(pb.AbortRequest(migration=_ref(source)), timeout=10)
+
+    async def _retire(self, record: AppRecord, source: Source, peer: PairedPeer, pid: int) -> None:
+        """The destination runs the app: end the frozen runner here without ``on_stop``; keep the record if home."""
+        runner = record.runner
+        if runner is not None and record.running:
+            record.closing = True
+            record.stop_reason = f"moved to {peer.name}"
+            runner.kill()
+            await record.ended.wait()
+        record.moving = False
+        record.epoch = source.epoch
+        if record.home_device in ("", self.peers.identity.device_id):
+            record.state, record.host, record.host_device, record.remote_pid = (
+                State.AWAY,
+                peer.name,
+                peer.device_id,
+                pid,
+            )
+            record.home, record.home_device, record.console_applied = "", "", 0
+            record.console.reopen()
+            await record.console.note(f"{record.name} moved to {peer.name} (epoch {record.epoch})")
+            self.apps.save(record)
+        else:
+            self.apps.forget(record.name)  # a visitor leaves; its versions stay for the next move here
+        self._stop_forwarder(record.name)
+
+    def _record_source(self, source: Source, peer: PairedPeer) -> None:
+        self.journal.save(
+            {"role": "source", "id": source.id, "app": source.app, "epoch": source.epoch,
+             "state": source.state.value, "version": source.version, "peer": peer.device_id}
+        )  # fmt: skip
+
+    def _carry_source(self, source: Source, actions: list[Action], peer: PairedPeer) -> Source:
+        for action in actions:
+            if isinstance(action, Record):
+                self._record_source(source, peer)
+            # Prepare, Commit and Retire are sent or done by the caller, in the order the protocol gives.
+            assert isinstance(action, Record | Prepare | Commit | Retire | Abort | Resume), action
+        return source
+
+    def _move_error(self, exc: BaseException, name: str, peer: PairedPeer) -> BaseException:
+        if isinstance(exc, MigError):
+            return exc
+        if isinstance(exc, grpc.aio.AioRpcError):
+            details = exc.details() or exc.code().name
+            return PeerError(f"moving {name!r} to {peer.name} failed ({details}); it goes on running here")
+        return exc
+
+    # -- destination
+
+    def preflight(self, request: pb.PreflightRequest) -> list[str]:
+        """Why the app could not run here, one phrase each (empty: it can)."""
+        _checked(request.migration)
+        manifest = request.manifest
+        problems = []
+        theirs, ours = manifest.runtime.python_version, _python_version()
+        if theirs.rsplit(".", 1)[0] != ours.rsplit(".", 1)[0]:
+            problems.append(f"it ran on Python {theirs}, this host has {ours}")
+        problems += package_mismatches(manifest, package_versions(_all_modules()))
+        free = shutil.disk_usage(self.state_dir).free
+        if free < manifest.total_bytes * DISK_MARGIN:
+            problems.append(
+                f"this host has {free / 2**20:.0f} MiB free, the app needs {manifest.total_bytes / 2**20:.0f} MiB"
+            )
+        record = self.apps._apps.get(request.migration.app)
+        if record is not None and record.state is not State.AWAY:
+            problems.append(f"an app called {request.migration.app!r} already exists on {self.host}")
+        return problems
+
+    async def missing(self, hashes: list[bytes]) -> list[bytes]:
+        """Which of ``hashes`` this store lacks, in the order given."""
+        lacking = await asyncio.to_thread(self.store.missing, hashes)
+        return [digest for digest in hashes if digest in lacking]
+
+    async def stage(self, requests: AsyncIterator[pb.StageRequest]) -> pb.StageReply:
+        """Store an incoming version under a staging name; nothing is loaded."""
+        first = await anext(aiter(requests))
+        ref, manifest = _checked(first.migration), first.manifest
+        self._check_epoch(ref)
+        chunks: dict[bytes, StoredChunk] = {}
+        received = 0
+        for message in (first,):
+            for chunk in message.chunks:
+                chunks[chunk.hash] = StoredChunk(Codec(chunk.codec), chunk.raw_size, chunk.data)
+        async for message in requests:
+            for chunk in message.chunks:
+                chunks[chunk.hash] = StoredChunk(Codec(chunk.codec), chunk.raw_size, chunk.data)
+                received += len(chunk.data)
+        staged = type(manifest)()
+        staged.CopyFrom(manifest)
+        staged.app, staged.parent = _staging(ref.id), 0
+        info = await asyncio.to_thread(self.store.put_version, staged, chunks)
+        return pb.StageReply(version=info.version, bytes_stored=received)
+
+    async def prepare(self, request: pb.PrepareRequest, caller: PairedPeer) -> None:
+        """PREPARE: the staged version is whole; record it, and wait for the decision."""
+        ref = _checked(request.migration)
+        if await asyncio.to_thread(self.store.latest, _staging(ref.id)) is None:
+            raise AppStateError(f"nothing was staged for migration {ref.id} of {ref.app!r}; it cannot be prepared")
+        entry = self.journal.get("destination", ref.id) or {}
+        dest = _destination(ref, entry)
+        dest, actions = dest.prepare(self._known_epoch(ref.app))
+        for action in actions:
+            if isinstance(action, Record):
+                settings = request.settings
+                self.journal.save(
+                    {"role": "destination", "id": ref.id, "app": ref.app, "epoch": ref.epoch,
+                     "state": dest.state.value if dest.state else "", "staged_version": request.staged_version,
+                     "source": caller.device_id, "source_name": caller.name, "home": request.home,
+                     "home_device": request.home_device_id,
+                     "settings": {"kind": settings.kind, "app_class": settings.app_class,
+                                  "args": list(settings.args), "autosave": settings.autosave,
+                                  "keep": settings.keep, "restart": settings.restart, "cwd": settings.cwd}}
+                )  # fmt: skip
+            elif isinstance(action, Refuse):
+                raise AppStateError(action.reason)
+
+    async def commit(self, request: pb.CommitRequest) -> int:
+        """COMMIT: run the app here; return its runner's pid."""
+        ref = _checked(request.migration)
+        entry = self.journal.get("destination", ref.id)
+        if entry is None:
+            raise AppNotFoundError(f"migration {ref.id} of {ref.app!r} is not prepared on {self.host}")
+        _, actions = _destination(ref, entry).commit()
+        pid = 0
+        for action in actions:
+            if isinstance(action, Record):
+                self.journal.save({**entry, "state": DestState.COMMITTED.value})
+            elif isinstance(action, Thaw):
+                pid = (await self._thaw(entry)).pid
+            elif isinstance(action, Refuse):
+                raise AppStateError(action.reason)
+            elif isinstance(action, Reply) and not pid:
+                record = self.apps._apps.get(ref.app)
+                pid = record.pid if record is not None else 0
+        return pid
+
+    async def abort(self, request: pb.AbortRequest) -> None:
+        """ABORT: forget what was staged or prepared for this migration."""
+        ref = _checked(request.migration)
+        entry = self.journal.get("destination", ref.id) or {"role": "destination", "id": ref.id, "app": ref.app,
+                                                             "epoch": ref.epoch}  # fmt: skip
+        dest, actions = _destination(ref, entry).abort()
+        for action in actions:
+            if isinstance(action, Record):
+                self.journal.save({**entry, "state": DestState.ABORTED.value})
+            elif isinstance(action, Drop):
+                await asyncio.to_thread(self.store.remove_app, _staging(ref.id))
+            elif isinstance(action, Refuse):
+                raise AppStateError(action.reason)
+        if dest.state is DestState.ABORTED:
+            with contextlib.suppress(MigError):
+                await asyncio.to_thread(self.store.remove_app, _staging(ref.id))
+
+    def decision(self, request: pb.DecisionRequest) -> str:
+        """What a destination asking about a migration is told."""
+        entry = self.journal.get("source", _checked(request.migration).id)
+        return str(entry["state"]) if entry else SourceState.ABORTED.value
+
+    async def _thaw(self, entry: dict[str, Any]) -> AppRecord:
+        name, staging = entry["app"], _staging(entry["id"])
+        if await asyncio.to_thread(self.store.latest, staging) is not None:
+            await asyncio.to_thread(
+                self.store.adopt, staging, entry["staged_version"], name, f"moved from {entry['source_name']}"
+            )
+        loaded = await asyncio.to_thread(self.store.load, name)
+        settings = entry["settings"]
+        record = self.apps._apps.get(name)
+        if record is not None and record.state is State.AWAY:
+            spec = record.spec  # it comes home
+        else:
+            code_dir = self.code_dir / name
+            spec = _materialise(code_dir, name, loaded.manifest, loaded.code, str(code_dir))
+            spec = replace(
+                spec,
+                kind=settings["kind"],
+                args=tuple(settings["args"]),
+                autosave=settings["autosave"],
+                keep=settings["keep"],
+                restart=settings["restart"],
+            )
+        home_here = entry["home_device"] == self.peers.identity.device_id
+        record = await self.apps.adopt(
+            spec,
+            loaded.info.version,
+            epoch=entry["epoch"],
+            home="" if home_here else entry["home"],
+            home_device="" if home_here else entry["home_device"],
+        )
+        if not home_here:
+            self._start_forwarder(record)
+        return record
+
+    def _known_epoch(self, app: str) -> int:
+        record = self.apps._apps.get(app)
+        return record.epoch if record is not None else -1
+
+    def _check_epoch(self, ref: pb.MigrationRef) -> None:
+        if ref.epoch <= self._known_epoch(ref.app):
+            raise AppStateError(f"epoch {ref.epoch} of {ref.app!r} is stale on {self.host}")
+
+    # -- the console of a moved app flows home
+
+    async def console_append(self, request: pb.ConsoleAppendRequest, caller: PairedPeer) -> int:
+        """Lines from the host that runs one of our apps; each line is applied once, in order."""
+        record = self.apps._apps.get(request.app)
+        if record is None or record.state is not State.AWAY:
+            raise AppStateError(f"{request.app!r} does not run away from {self.host}")
+        if request.epoch != record.epoch or caller.device_id != record.host_device:
+            raise AppStateError(f"epoch {request.epoch} of {request.app!r} is not the current one; stop that copy")
+        skip = record.console_applied + 1 - request.first_seq
+        for line in request.lines[max(0, skip) :]:
+            await record.console.write(line)
+        record.console_applied = max(record.console_applied, request.first_seq + len(request.lines) - 1)
+        return record.console_applied
+
+    def _start_forwarder(self, record: AppRecord) -> None:
+        self._stop_forwarder(record.name)
+        self._forwarders[record.name] = self._tasks.create_task(self._forward(record), name=f"console {record.name}")
+
+    def _stop_forwarder(self, name: str) -> None:
+        task = self._forwarders.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _forward(self, record: AppRecord) -> None:
+        """Send the app's console lines to its home, at least once, until the app leaves or ends."""
+        console, since = record.console, 1
+        while self.apps._apps.get(record.name) is record:
+            read = console.log.read(since, 4096)
+            lines = [data for _, data in read.lines]
+            if lines:
+                first = read.lines[0][0]
+                try:
+                    peer, address = self.peers.paired_target(record.home_device)
+                    request = pb.ConsoleAppendRequest(app=record.name, epoch=record.epoch, first_seq=first, lines=lines)
+                    await self.peers.stub(peer, address).ConsoleAppend(request, timeout=30)
+                except (grpc.aio.AioRpcError, MigError):
+                    await asyncio.sleep(1.0)  # the home is away: keep the lines, try again
+                    continue
+                since = read.next_seq
+                continue
+            if console.closed:
+                return
+            await console.wait_change(since, 0)
+
+    # -- after a restart
+
+    async def recover(self) -> None:
+        """Finish or undo the migrations a restart interrupted, as the journal says."""
+        for entry in self.journal.all():
+            with contextlib.suppress(MigError):
+                if entry["role"] == "source":
+                    await self._recover_source(entry)
+                else:
+                    await self._recover_destination(entry)
+
+    async def _recover_source(self, entry: dict[str, Any]) -> None:
+        source = Source(entry["id"], entry["app"], entry["epoch"], SourceState(entry["state"]), entry["version"])
+        peer = self.peers.paired.by_device(entry["peer"])
+        source, actions = source.restarted()
+        for action in actions:
+            if isinstance(action, Record) and peer is not None:
+                self._record_source(source, peer)
+            elif isinstance(action, Abort) and peer is not None:
+                self._spawn(self._send_abort(source, peer), f"abort {source.id}")
+            elif isinstance(action, Resume):
+                record = self.apps._apps.get(source.app)
+                if record is not None and not record.running:
+                    await self.apps.open(source.app)
+            elif isinstance(action, Commit) and peer is not None:
+                self._spawn(self._commit_later(source, peer), f"commit {source.id}")
+
+    async def _recover_destination(self, entry: dict[str, Any]) -> None:
+        state = DestState(entry["state"]) if entry.get("state") else None
+        ref = pb.MigrationRef(id=entry["id"], app=entry["app"], epoch=entry["epoch"])
+        _, actions = Destination(ref.id, ref.app, ref.epoch, state).restarted()
+        for action in actions:
+            if isinstance(action, Thaw):
+                record = self.apps._apps.get(ref.app)
+                if record is None or not record.running:
+                    await self._thaw(entry)
+            elif isinstance(action, AskDecision):
+                self._spawn(self._ask(entry), f"ask {entry['id']}")
+
+    async def _ask(self, entry: dict[str, Any]) -> None:
+        """A prepared migration whose decision this host missed: ask its source until it answers."""
+        ref = pb.MigrationRef(id=entry["id"], app=entry["app"], epoch=entry["epoch"])
+        while True:
+            try:
+                peer, address = self.peers.paired_target(entry["source"])
+                reply = await self.peers.stub(peer, address).Decision(pb.DecisionRequest(migration=ref), timeout=10)
+            except (grpc.aio.AioRpcError, MigError):
+                await asyncio.sleep(2.0)
+                continue
+            if reply.state in (SourceState.HANDED_OFF.value, SourceState.DONE.value):
+                await self.commit(pb.CommitRequest(migration=ref))
+                return
+            if reply.state == SourceState.ABORTED.value:
+                await self.abort(pb.AbortRequest(migration=ref))
+                return
+            await asyncio.sleep(2.0)  # not decided yet
+
+
+_MIGRATION_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _checked(ref: pb.MigrationRef) -> pb.MigrationRef:
+    """A migration named in a peer's message, refused unless well formed (a paired peer can still be buggy)."""
+    if not _MIGRATION_ID.fullmatch(ref.id) or ref.epoch < 1:
+        raise UsageError(f"the message names no valid migration (id {ref.id[:40]!r}, epoch {ref.epoch})")
+    _check_name(ref.app)
+    return ref
+
+
+def _ref(source: Source) -> pb.MigrationRef:
+    return pb.MigrationRef(id=source.id, app=source.app, epoch=source.epoch)
+
+
+def _staging(migration: str) -> str:
+    return f"~move-{migration}"
+
+
+def _destination(ref: pb.MigrationRef, entry: dict[str, Any]) -> Destination:
+    state = DestState(entry["state"]) if entry.get("state") else None
+    return Destination(ref.id, ref.app, ref.epoch, state)
+
+
+def _settings(spec: AppSpec) -> pb.AppSettings:
+    return pb.AppSettings(
+        kind=spec.kind,
+        app_class=spec.app_class,
+        args=list(spec.args),
+        autosave=spec.autosave,
+        keep=spec.keep,
+        restart=spec.restart,
+        cwd=spec.cwd,
+    )
+
+
+def _python_version() -> str:
+    import platform
+
+    return platform.python_version()
+
+
+def _all_modules() -> dict[str, Any]:
+    """Every installed top-level distribution counts as importable here, not only those the daemon imported."""
+    import importlib.metadata
+
+    return {name: None for name in importlib.metadata.packages_distributions()}

@@ -1,0 +1,139 @@
+"""Moving apps between two real daemons on loopback: the app goes on where it was, its console flows home."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AppDir, Daemon, Daemons, wait_until
+from tests.test_cli_errors import one_sentence
+from tests.test_peers import listen, pair
+
+TICKER = """
+    import os
+
+    import migrated
+
+    class Ticker(migrated.App):
+        def start(self):
+            self.n = 0
+            self.blob = os.urandom(1 << 20)  # 1 MiB that does not change and does not compress
+
+        def step(self):
+            self.n += 1
+            print(f"tick {self.n}", flush=True)
+            return 0.02
+"""
+
+
+@pytest.fixture
+def hosts(daemons: Daemons) -> tuple[Daemon, Daemon]:
+    alpha, beta = daemons.start("--name", "alpha"), daemons.start("--name", "beta")
+    pair(alpha, beta)
+    return alpha, beta
+
+
+def ticks(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"^tick (\d+)$", text, re.MULTILINE)]
+
+
+def sent(out: str) -> float:
+    """The bytes a ``mig move`` said it sent."""
+    match = re.search(r"sent ([\d.]+) (B|KiB|MiB)", out)
+    assert match, out
+    return float(match.group(1)) * {"B": 1, "KiB": 1024, "MiB": 2**20}[match.group(2)]
+
+
+def move(daemon: Daemon, name: str, host: str) -> str:
+    out = daemon.mig("move", name, host).out
+    last = out.splitlines()[-1]
+    assert last.startswith(f"moved {name} to {host} in "), out
+    return last
+
+
+def test_a_running_app_moves_and_goes_on_where_it_was(hosts: tuple[Daemon, Daemon], app_dir: AppDir) -> None:
+    alpha, beta = hosts
+    alpha.mig("run", str(app_dir.write("ticker.py", TICKER)), cwd=app_dir.path)
+    alpha.wait_logs("ticker", "tick 20")
+    out = move(alpha, "ticker", "beta")
+    assert re.search(r"frozen \d+ ms; sent .* in \d+ chunks", out)
+    home, there = alpha.app("ticker"), beta.app("ticker")
+    for app in (home, there):
+        assert (app["state"], app["host"], app["home"], app["epoch"]) == ("running", "beta", "alpha", 1)
+    assert home["pid"] == there["pid"] and there["pid"] not in (None, 0)
+    first_there = wait_until(lambda: ticks(beta.logs("ticker"))[:1], 15, what="ticks at beta")[0]
+    assert first_there > 20  # it went on counting from where it was
+    # At home, the console goes on: every number exactly once, in order, across the move.
+
+    def home_ticks() -> list[int] | None:
+        seen = ticks(alpha.logs("ticker"))
+        return seen if seen and seen[-1] > first_there + 20 else None
+
+    seen = wait_until(home_ticks, 15, what="ticks from beta at home")
+    assert seen == list(range(1, len(seen) + 1)), seen
+
+
+def test_moving_back_sends_almost_nothing(hosts: tuple[Daemon, Daemon], app_dir: AppDir) -> None:
+    alpha, beta = hosts
+    alpha.mig("run", str(app_dir.write("ticker.py", TICKER)), cwd=app_dir.path)
+    alpha.wait_logs("ticker", "tick 3")
+    first = move(alpha, "ticker", "beta")
+    back = move(beta, "ticker", "alpha")
+    assert sent(first) >= 1024 * 1024  # the MiB blob went over once
+    assert sent(back) < 64 * 1024, back  # alpha had it
+    app = alpha.app("ticker")
+    assert (app["state"], app["host"], app["home"], app["epoch"]) == ("running", "alpha", "alpha", 2)
+    assert "ticker" not in beta.ps()
+    before = max(ticks(alpha.logs("ticker")))
+    wait_until(lambda: max(ticks(alpha.logs("ticker"))) > before + 5, 15, what="ticks after coming home")
+
+
+def test_moves_that_cannot_be_done_are_one_sentence_and_the_app_stays(
+    hosts: tuple[Daemon, Daemon], daemons: Daemons, app_dir: AppDir
+) -> None:
+    alpha, beta = hosts
+    stranger = daemons.start("--name", "gamma")
+    alpha.mig("run", str(app_dir.write("ticker.py", TICKER)), cwd=app_dir.path)
+    alpha.mig("run", str(app_dir.write("idle.py", TICKER)), "--name", "idle", cwd=app_dir.path)
+    alpha.mig("close", "idle")
+    cases = [
+        (("move", "ticker", "alpha"), 2, "runs on alpha already"),
+        (("move", "ticker", "nowhere"), 10, "no peer called 'nowhere'"),
+        (("move", "ticker", listen(stranger)), 10, "no peer called"),
+        (("move", "nothing", "beta"), 3, "no app is called 'nothing'"),
+        (("move", "idle", "beta"), 5, "not running"),
+    ]
+    for args, code, text in cases:
+        err = alpha.mig(*args, check=code).err
+        assert text in one_sentence(err), err
+    assert alpha.app("ticker")["state"] == "running" and alpha.app("ticker")["host"] == "alpha"
+    assert beta.ps() == {}
+
+
+def test_preflight_refuses_a_package_the_destination_lacks(daemons: Daemons, app_dir: AppDir, tmp_path: Path) -> None:
+    extra = tmp_path / "site"
+    (extra / "fakepkg").mkdir(parents=True)
+    (extra / "fakepkg" / "__init__.py").write_text("VALUE = 1\n")
+    info = extra / "fakepkg-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.2.3\n")
+    (info / "top_level.txt").write_text("fakepkg\n")
+    os.environ["PYTHONPATH"] = str(extra)
+    try:
+        alpha = daemons.start("--name", "alpha")
+    finally:
+        del os.environ["PYTHONPATH"]
+    beta = daemons.start("--name", "beta")
+    pair(alpha, beta)
+    app = app_dir.write("pkg.py", TICKER.replace("import migrated", "import migrated\n    import fakepkg"))
+    alpha.mig("run", str(app), cwd=app_dir.path)
+    alpha.wait_logs("pkg", "tick 2")
+    err = alpha.mig("move", "pkg", "beta", check=5).err
+    assert "fakepkg 1.2.3 is not installed" in one_sentence(err) and "it stays here" in err
+    assert alpha.app("pkg")["state"] == "running" and alpha.app("pkg")["host"] == "alpha"
+    before = max(ticks(alpha.logs("pkg")))
+    wait_until(lambda: max(ticks(alpha.logs("pkg"))) > before + 3, 10, what="the app to go on after the refusal")
+    assert beta.ps() == {}
