@@ -190,8 +190,9 @@ def status(ctx: Context, as_json: bool) -> None:
 @cli.command()
 @click.argument("name")
 @click.argument("host")
+@click.option("--stop-and-copy", is_flag=True, hidden=True, help="No pre-copy (a benchmark's baseline).")
 @pass_ctx
-def move(ctx: Context, name: str, host: str) -> None:
+def move(ctx: Context, name: str, host: str, stop_and_copy: bool) -> None:
     """Move a running app to a paired HOST while it runs; only the final copy freezes it."""
     import time
 
@@ -200,7 +201,7 @@ def move(ctx: Context, name: str, host: str) -> None:
     where = host
     with _render.MoveBar(sys.stdout.isatty()) as bar:
         try:
-            for update in ctx.daemon.stub.Move(pb.MoveRequest(name=name, host=host)):
+            for update in ctx.daemon.stub.Move(pb.MoveRequest(name=name, host=host, stop_and_copy=stop_and_copy)):
                 bar.update(update)
                 if update.phase in ("pre-copy", "final copy"):
                     copied[update.phase] = update

@@ -209,7 +209,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     async def Move(self, request: pb.MoveRequest, context: Context) -> AsyncIterator[pb.MoveProgress]:
         updates: asyncio.Queue[MoveProgress] = asyncio.Queue()
-        job = asyncio.ensure_future(self.moves.move(request.name, request.host, updates.put_nowait))
+        job = asyncio.ensure_future(
+            self.moves.move(request.name, request.host, updates.put_nowait, request.stop_and_copy)
+        )
         while not job.done() or not updates.empty():
             getter = asyncio.ensure_future(updates.get())
             await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)

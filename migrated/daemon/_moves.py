@@ -53,9 +53,17 @@ __all__ = ["MoveProgress", "Moves"]
 log = logging.getLogger("migrated.moves")
 
 BATCH_BYTES = 1 << 20  # chunk bytes per Stage message
-COMMIT_TRIES = 20  # in the foreground; then the commit is retried in the background
+COMMIT_TRIES = 8  # in the foreground (about half a minute); then the commit is retried in the background
 RETRY_DELAY = 0.5
 DISK_MARGIN = 1.2  # free space the destination wants beyond the state's size
+
+
+async def fault_point(name: str) -> None:
+    """Where the fault tests stop a daemon: with ``MIGRATED_FAULT_PAUSE=NAME`` it logs and waits here for ever,
+    so a test can kill it at exactly this step of a hand-off. Unset in normal runs, it costs a dict lookup."""
+    if os.environ.get("MIGRATED_FAULT_PAUSE") == name:
+        log.warning("paused at %s (MIGRATED_FAULT_PAUSE)", name)
+        await asyncio.Event().wait()
 
 
 @dataclass(slots=True)
@@ -139,8 +147,9 @@ class Moves:
 
     # -- source
 
-    async def move(self, name: str, host: str, report: Report) -> tuple[AppRecord, str]:
-        """Move a running app to a paired peer: pre-copy, freeze, final copy, hand-off; return it and the peer."""
+    async def move(self, name: str, host: str, report: Report, stop_and_copy: bool = False) -> tuple[AppRecord, str]:
+        """Move a running app to a paired peer: pre-copy, freeze, final copy, hand-off; return it and the peer.
+        ``stop_and_copy`` leaves out the pre-copy (the baseline a benchmark compares against)."""
         record = self.apps.get(name)
         if record.not_here():
             raise AppStateError(f"{record.not_here()}; it can be moved only from the host that runs it")
@@ -157,11 +166,12 @@ class Moves:
         self._record_source(source, peer)
         frozen_at = 0.0
         try:
-            report(MoveProgress("pre-copy"))
-            info, _ = await self.apps.checkpoint(name, "move", f"pre-copy for the move to {peer.name}")
-            manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
-            await self._preflight(stub, source, manifest, peer)
-            await self._send(stub, source, manifest, "pre-copy", report)
+            if not stop_and_copy:
+                report(MoveProgress("pre-copy"))
+                info, _ = await self.apps.checkpoint(name, "move", f"pre-copy for the move to {peer.name}")
+                manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
+                await self._preflight(stub, source, manifest, peer)
+                await self._send(stub, source, manifest, "pre-copy", report)
             report(MoveProgress("freeze"))
             async with record.lock:
                 frozen_at = time.perf_counter()
@@ -169,9 +179,13 @@ class Moves:
                     self.apps._checkpoint(record, "move", f"moved to {peer.name}", hold=True)
                 )
             source = self._carry_source(*source.frozen(info.version), peer)
+            await fault_point("source-frozen")
             manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
+            if stop_and_copy:
+                await self._preflight(stub, source, manifest, peer)
             staged = await self._send(stub, source, manifest, "final copy", report)
             report(MoveProgress("hand-off"))
+            await fault_point("source-before-prepare")
             await stub.Prepare(
                 pb.PrepareRequest(
                     migration=_ref(source),
@@ -185,7 +199,9 @@ class Moves:
         except BaseException as exc:
             await self._abort(source, record, peer, frozen_at > 0)
             raise self._move_error(exc, name, peer) from None
+        await fault_point("source-prepared")
         source = self._carry_source(*source.prepared(), peer)  # HANDED_OFF is on disk: no way back
+        await fault_point("source-handed-off")
         pid = await self._commit(stub, source, peer)
         downtime = time.perf_counter() - frozen_at
         await self._retire(record, source, peer, pid)
@@ -371,6 +387,7 @@ class Moves:
         staged = type(manifest)()
         staged.CopyFrom(manifest)
         staged.app, staged.parent = _staging(ref.id), 0
+        await fault_point("destination-staging")
         info = await asyncio.to_thread(self.store.put_version, staged, chunks)
         return pb.StageReply(version=info.version, bytes_stored=received)
 
@@ -396,6 +413,7 @@ class Moves:
                 )  # fmt: skip
             elif isinstance(action, Refuse):
                 raise AppStateError(action.reason)
+        await fault_point("destination-prepared")
 
     async def commit(self, request: pb.CommitRequest) -> int:
         """COMMIT: run the app here; return its runner's pid."""
@@ -408,6 +426,7 @@ class Moves:
         for action in actions:
             if isinstance(action, Record):
                 self.journal.save({**entry, "state": DestState.COMMITTED.value})
+                await fault_point("destination-committed")
             elif isinstance(action, Thaw):
                 pid = (await self._thaw(entry)).pid
             elif isinstance(action, Refuse):
@@ -484,12 +503,22 @@ class Moves:
     # -- the console of a moved app flows home
 
     async def console_append(self, request: pb.ConsoleAppendRequest, caller: PairedPeer) -> int:
-        """Lines from the host that runs one of our apps; each line is applied once, in order."""
+        """Lines from the host that runs one of our apps; each line is applied once, in order.
+
+        A higher epoch than the one on record means the app moved on (to the caller): the record follows it. A
+        lower one comes from a stale copy, which is refused and told to stop.
+        """
         record = self.apps._apps.get(request.app)
         if record is None or record.state is not State.AWAY:
-            raise AppStateError(f"{request.app!r} does not run away from {self.host}")
-        if request.epoch != record.epoch or caller.device_id != record.host_device:
-            raise AppStateError(f"epoch {request.epoch} of {request.app!r} is not the current one; stop that copy")
+            raise AppStateError(f"{request.app!r} does not run away from {self.host}; stop that copy")
+        if request.epoch < record.epoch:
+            raise AppStateError(f"epoch {request.epoch} of {request.app!r} is stale (now {record.epoch}); stop it")
+        if request.epoch > record.epoch or caller.device_id != record.host_device:
+            if request.epoch == record.epoch:
+                raise AppStateError(f"{request.app!r} at epoch {request.epoch} runs on {record.host}, not here")
+            record.epoch, record.host, record.host_device = request.epoch, caller.name, caller.device_id
+            record.console_applied = 0
+            self.apps.save(record)
         skip = record.console_applied + 1 - request.first_seq
         for line in request.lines[max(0, skip) :]:
             await record.console.write(line)
@@ -506,25 +535,43 @@ class Moves:
             task.cancel()
 
     async def _forward(self, record: AppRecord) -> None:
-        """Send the app's console lines to its home, at least once, until the app leaves or ends."""
-        console, since = record.console, 1
+        """Send the app's console lines to its home, at least once, until the app leaves or ends. The first
+        call goes out at once, lines or not: it tells the home where the app runs now."""
+        console, since, told = record.console, 1, False
         while self.apps._apps.get(record.name) is record:
             read = console.log.read(since, 4096)
-            lines = [data for _, data in read.lines]
-            if lines:
-                first = read.lines[0][0]
+            if read.lines or not told:
+                first = read.lines[0][0] if read.lines else since
+                request = pb.ConsoleAppendRequest(
+                    app=record.name, epoch=record.epoch, first_seq=first, lines=[data for _, data in read.lines]
+                )
                 try:
                     peer, address = self.peers.paired_target(record.home_device)
-                    request = pb.ConsoleAppendRequest(app=record.name, epoch=record.epoch, first_seq=first, lines=lines)
                     await self.peers.stub(peer, address).ConsoleAppend(request, timeout=30)
-                except (grpc.aio.AioRpcError, MigError):
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in (exc.details() or ""):
+                        await self._stop_stale(record, exc.details() or "")
+                        return
                     await asyncio.sleep(1.0)  # the home is away: keep the lines, try again
                     continue
-                since = read.next_seq
+                except MigError:
+                    await asyncio.sleep(1.0)
+                    continue
+                since, told = read.next_seq, True
                 continue
             if console.closed:
                 return
             await console.wait_change(since, 0)
+
+    async def _stop_stale(self, record: AppRecord, why: str) -> None:
+        """The home knows a newer copy of this app: this one must not go on."""
+        log.warning("%s: the home refused this copy (%s); stopping it", record.name, why)
+        await record.console.note(f"{record.name} stops here: its home knows a newer copy ({why})")
+        if record.runner is not None and record.running:
+            record.stop_reason = "a newer copy runs elsewhere"
+            record.runner.kill()
+            await record.ended.wait()
+        self.apps.forget(record.name)
 
     # -- after a restart
 

@@ -424,17 +424,21 @@ class MoveRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
+    STOP_AND_COPY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     host: _builtins.str
+    stop_and_copy: _builtins.bool
+    """no pre-copy: freeze, send everything, thaw (the benchmark's baseline)"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         host: _builtins.str = ...,
+        stop_and_copy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "name", b"name", "stop_and_copy", b"stop_and_copy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
