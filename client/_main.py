@@ -219,6 +219,25 @@ def move(ctx: Context, name: str, host: str, stop_and_copy: bool) -> None:
 
 
 @cli.command()
+@click.option("--to", "to", metavar="HOST", required=True, help="The paired host to move every app to.")
+@pass_ctx
+def evacuate(ctx: Context, to: str) -> None:
+    """Move every app running here to HOST, one after the other; one that fails stays and runs here."""
+    failed = 0
+    try:
+        for report in ctx.daemon.stub.Evacuate(pb.EvacuateRequest(to=to)):
+            if report.moved:
+                click.echo(report.message)
+            else:
+                failed += 1
+                click.echo(f"{report.app} stays here: {report.message}", err=True)
+    except grpc.RpcError as exc:
+        raise rpc_error(exc, ctx.state_dir) from None
+    if failed:
+        raise click.exceptions.Exit(12)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
 def peers(ctx: Context, as_json: bool) -> None:
@@ -334,11 +353,13 @@ def close(ctx: Context, name: str) -> None:
 @cli.command(name="open")
 @click.argument("name")
 @click.option("--version", type=int, default=0, help="Open this version instead of the latest.")
+@click.option("--on", "on", metavar="HOST", default="", help="Thaw it on this paired host instead of here.")
 @pass_ctx
-def open_(ctx: Context, name: str, version: int) -> None:
-    """Bring a closed app back from its latest version (or --version N)."""
-    info = ctx.daemon.call(ctx.daemon.stub.Open, pb.OpenRequest(name=name, version=version))
-    click.echo(f"opened {info.name} (pid {info.pid}) from version {version or info.version}")
+def open_(ctx: Context, name: str, version: int, on: str) -> None:
+    """Bring a closed app back from its latest version (or --version N), here or on a paired host (--on)."""
+    info = ctx.daemon.call(ctx.daemon.stub.Open, pb.OpenRequest(name=name, version=version, on=on), timeout=3600)
+    where = f" on {info.host}" if on else ""
+    click.echo(f"opened {info.name}{where} (pid {info.pid}) from version {version or info.version}")
 
 
 @cli.command()
@@ -498,7 +519,7 @@ def _forward_input(daemon: Daemon, name: str, ended: threading.Event) -> bool:
 
 def _run(command: Callable[[], Any]) -> int:
     try:
-        command()
+        code = command()  # not standalone: a command's click.exceptions.Exit comes back as its code
     except MigError as exc:
         click.echo(f"mig: {exc.message}", err=True)
         return exc.exit_code
@@ -511,7 +532,7 @@ def _run(command: Callable[[], Any]) -> int:
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def main() -> None:

@@ -137,3 +137,50 @@ def test_preflight_refuses_a_package_the_destination_lacks(daemons: Daemons, app
     before = max(ticks(alpha.logs("pkg")))
     wait_until(lambda: max(ticks(alpha.logs("pkg"))) > before + 3, 10, what="the app to go on after the refusal")
     assert beta.ps() == {}
+
+
+UNSAVEABLE = """
+    import socket
+
+    import migrated
+
+    class Stuck(migrated.App):
+        def start(self):
+            self.sock = socket.socket()
+
+        def step(self):
+            return 0.1
+"""
+
+
+def test_open_on_thaws_a_closed_app_on_a_peer(hosts: tuple[Daemon, Daemon], app_dir: AppDir) -> None:
+    alpha, beta = hosts
+    alpha.mig("run", str(app_dir.write("ticker.py", TICKER)), cwd=app_dir.path)
+    alpha.wait_logs("ticker", "tick 5")
+    alpha.mig("close", "ticker")
+    last = max(ticks(alpha.logs("ticker")))
+    out = alpha.mig("open", "ticker", "--on", "beta").out
+    assert out.startswith("opened ticker on beta (pid "), out
+    app = alpha.app("ticker")
+    assert (app["state"], app["host"]) == ("running", "beta")
+    first_there = wait_until(lambda: ticks(beta.logs("ticker"))[:1], 15, what="ticks at beta")[0]
+    assert first_there == last + 1
+    err = alpha.mig("open", "ticker", "--on", "beta", check=5).err
+    assert "runs on beta" in one_sentence(err)
+
+
+def test_evacuate_moves_every_running_app_and_leaves_one_that_cannot_go(
+    hosts: tuple[Daemon, Daemon], app_dir: AppDir
+) -> None:
+    alpha, beta = hosts
+    for name in ("one", "two"):
+        alpha.mig("run", str(app_dir.write(f"{name}.py", TICKER)), cwd=app_dir.path)
+    alpha.mig("run", str(app_dir.write("stuck.py", UNSAVEABLE)), cwd=app_dir.path)
+    alpha.wait_logs("two", "tick 2")
+    result = alpha.mig("evacuate", "--to", "beta", check=12)
+    assert re.search(r"^moved one to beta: frozen \d+ ms$", result.out, re.MULTILINE), result
+    assert re.search(r"^moved two to beta: frozen \d+ ms$", result.out, re.MULTILINE), result
+    assert result.err.startswith("stuck stays here: ") and "self.sock" in result.err, result.err
+    assert {name: app["host"] for name, app in alpha.ps().items()} == {"one": "beta", "two": "beta", "stuck": "alpha"}
+    assert alpha.app("stuck")["state"] == "running"
+    assert sorted(beta.ps()) == ["one", "two"]

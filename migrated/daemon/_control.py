@@ -156,6 +156,16 @@ class ControlService(control_pb2_grpc.ControlServicer):
         return self.info(await self.apps.close(request.name))
 
     async def Open(self, request: pb.OpenRequest, context: Context) -> pb.AppInfo:
+        if request.on:
+            if request.version:
+                raise UsageError(
+                    f"--version and --on together are not supported; `mig restore {request.name} "
+                    f"{request.version}` first, then `mig open {request.name} --on {request.on}`"
+                )
+            record, where = await self.moves.move(request.name, request.on, lambda _: None, closed=True)
+            info = self.info(record)
+            info.host = where
+            return info
         return self.info(await self.apps.open(request.name, request.version))
 
     async def Restore(self, request: pb.RestoreRequest, context: Context) -> pb.AppInfo:
@@ -231,6 +241,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
         info = self.info(record)
         info.host = destination
         yield pb.MoveProgress(phase="done", app=info)
+
+    async def Evacuate(self, request: pb.EvacuateRequest, context: Context) -> AsyncIterator[pb.EvacuateReport]:
+        async for name, moved, message, downtime in self.moves.evacuate(request.to):
+            yield pb.EvacuateReport(app=name, moved=moved, message=message, downtime=downtime)
 
     async def PingPeer(self, request: pb.PingPeerRequest, context: Context) -> pb.PingPeerReply:
         row, rtts = await self.peers.ping(request.host, request.count)

@@ -147,13 +147,21 @@ class Moves:
 
     # -- source
 
-    async def move(self, name: str, host: str, report: Report, stop_and_copy: bool = False) -> tuple[AppRecord, str]:
+    async def move(
+        self, name: str, host: str, report: Report, stop_and_copy: bool = False, closed: bool = False
+    ) -> tuple[AppRecord, str]:
         """Move a running app to a paired peer: pre-copy, freeze, final copy, hand-off; return it and the peer.
-        ``stop_and_copy`` leaves out the pre-copy (the baseline a benchmark compares against)."""
+        ``stop_and_copy`` leaves out the pre-copy (the baseline a benchmark compares against); ``closed`` moves
+        an app that does not run, from its latest version, and runs it there (``mig open --on``)."""
         record = self.apps.get(name)
         if record.not_here():
             raise AppStateError(f"{record.not_here()}; it can be moved only from the host that runs it")
-        if record.state is not State.RUNNING:
+        if closed:
+            if record.running:
+                raise AppStateError(f"{name!r} is running; `mig move {name} {host}` moves a running app")
+            if not record.version:
+                raise AppStateError(f"{name!r} has no checkpoint to open; start it again with mig run")
+        elif record.state is not State.RUNNING:
             raise AppStateError(
                 f"{name!r} is not running (it {record.state.value}); `mig open {name} --on {host}` moves a closed app"
             )
@@ -166,24 +174,32 @@ class Moves:
         self._record_source(source, peer)
         frozen_at = 0.0
         try:
-            if not stop_and_copy:
+            if closed:
+                report(MoveProgress("copy"))
+                frozen_at = time.perf_counter()
+                manifest = await asyncio.to_thread(self.store.manifest, name, record.version)
+                await self._preflight(stub, source, manifest, peer)
+                source = self._carry_source(*source.frozen(record.version), peer)
+                staged = await self._send(stub, source, manifest, "copy", report)
+            if not stop_and_copy and not closed:
                 report(MoveProgress("pre-copy"))
                 info, _ = await self.apps.checkpoint(name, "move", f"pre-copy for the move to {peer.name}")
                 manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
                 await self._preflight(stub, source, manifest, peer)
                 await self._send(stub, source, manifest, "pre-copy", report)
-            report(MoveProgress("freeze"))
-            async with record.lock:
-                frozen_at = time.perf_counter()
-                info, _ = await asyncio.shield(
-                    self.apps._checkpoint(record, "move", f"moved to {peer.name}", hold=True)
-                )
-            source = self._carry_source(*source.frozen(info.version), peer)
-            await fault_point("source-frozen")
-            manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
-            if stop_and_copy:
-                await self._preflight(stub, source, manifest, peer)
-            staged = await self._send(stub, source, manifest, "final copy", report)
+            if not closed:
+                report(MoveProgress("freeze"))
+                async with record.lock:
+                    frozen_at = time.perf_counter()
+                    info, _ = await asyncio.shield(
+                        self.apps._checkpoint(record, "move", f"moved to {peer.name}", hold=True)
+                    )
+                source = self._carry_source(*source.frozen(info.version), peer)
+                await fault_point("source-frozen")
+                manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
+                if stop_and_copy:
+                    await self._preflight(stub, source, manifest, peer)
+                staged = await self._send(stub, source, manifest, "final copy", report)
             report(MoveProgress("hand-off"))
             await fault_point("source-before-prepare")
             await stub.Prepare(
@@ -197,7 +213,7 @@ class Moves:
                 timeout=60,
             )
         except BaseException as exc:
-            await self._abort(source, record, peer, frozen_at > 0)
+            await self._abort(source, record, peer, frozen_at > 0 and not closed)
             raise self._move_error(exc, name, peer) from None
         await fault_point("source-prepared")
         source = self._carry_source(*source.prepared(), peer)  # HANDED_OFF is on disk: no way back
@@ -207,6 +223,23 @@ class Moves:
         await self._retire(record, source, peer, pid)
         report(MoveProgress("done", downtime=downtime))
         return record, peer.name
+
+    async def evacuate(self, to: str) -> AsyncIterator[tuple[str, bool, str, float]]:
+        """Move every app running here to ``to``, one after the other; one that fails stays and runs here."""
+        names = sorted(r.name for r in self.apps if r.state is State.RUNNING and not r.not_here())
+        for name in names:
+            downtime = 0.0
+
+            def keep(update: MoveProgress) -> None:
+                nonlocal downtime
+                downtime = update.downtime or downtime
+
+            try:
+                _, where = await self.move(name, to, keep)
+            except MigError as exc:
+                yield name, False, exc.message, 0.0
+                continue
+            yield name, True, f"moved {name} to {where}: frozen {downtime * 1000:.0f} ms", downtime
 
     async def _preflight(self, stub: Any, source: Source, manifest: Any, peer: PairedPeer) -> None:
         """Refuse before anything is frozen when the destination cannot run the app."""

@@ -489,6 +489,54 @@ class MoveProgress(_message.Message):
 Global___MoveProgress: _TypeAlias = MoveProgress  # noqa: Y015
 
 @_typing.final
+class EvacuateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_FIELD_NUMBER: _builtins.int
+    to: _builtins.str
+    def __init__(
+        self,
+        *,
+        to: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvacuateRequest: _TypeAlias = EvacuateRequest  # noqa: Y015
+
+@_typing.final
+class EvacuateReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    MOVED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DOWNTIME_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    moved: _builtins.bool
+    message: _builtins.str
+    """the move's last line, or why it failed (the app then runs here still)"""
+    downtime: _builtins.float
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        moved: _builtins.bool = ...,
+        message: _builtins.str = ...,
+        downtime: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "downtime", b"downtime", "message", b"message", "moved", b"moved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvacuateReport: _TypeAlias = EvacuateReport  # noqa: Y015
+
+@_typing.final
 class PingPeerRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -952,18 +1000,22 @@ class OpenRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    ON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """0: the latest"""
+    on: _builtins.str
+    """a paired host to thaw it on; empty: here"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.int = ...,
+        on: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "on", b"on", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

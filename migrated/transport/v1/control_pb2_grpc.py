@@ -164,6 +164,11 @@ class ControlStub:
                 request_serializer=migrated_dot_v1_dot_control__pb2.MoveRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_control__pb2.MoveProgress.FromString,
                 _registered_method=True)
+        self.Evacuate = channel.unary_stream(
+                '/migrated.v1.Control/Evacuate',
+                request_serializer=migrated_dot_v1_dot_control__pb2.EvacuateRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.EvacuateReport.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -325,6 +330,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evacuate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -457,6 +468,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Move,
                     request_deserializer=migrated_dot_v1_dot_control__pb2.MoveRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_control__pb2.MoveProgress.SerializeToString,
+            ),
+            'Evacuate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Evacuate,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.EvacuateRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.EvacuateReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1161,6 +1177,33 @@ class Control:
             '/migrated.v1.Control/Move',
             migrated_dot_v1_dot_control__pb2.MoveRequest.SerializeToString,
             migrated_dot_v1_dot_control__pb2.MoveProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evacuate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/migrated.v1.Control/Evacuate',
+            migrated_dot_v1_dot_control__pb2.EvacuateRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.EvacuateReport.FromString,
             options,
             channel_credentials,
             insecure,

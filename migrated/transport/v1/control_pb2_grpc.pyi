@@ -57,6 +57,7 @@ class ControlStub:
     Unpair: _grpc.UnaryUnaryMultiCallable[_control_pb2.UnpairRequest, _control_pb2.PeerInfo]
     PingPeer: _grpc.UnaryUnaryMultiCallable[_control_pb2.PingPeerRequest, _control_pb2.PingPeerReply]
     Move: _grpc.UnaryStreamMultiCallable[_control_pb2.MoveRequest, _control_pb2.MoveProgress]
+    Evacuate: _grpc.UnaryStreamMultiCallable[_control_pb2.EvacuateRequest, _control_pb2.EvacuateReport]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -87,6 +88,7 @@ class ControlAsyncStub(ControlStub):
     Unpair: _aio.UnaryUnaryMultiCallable[_control_pb2.UnpairRequest, _control_pb2.PeerInfo]  # type: ignore[assignment]
     PingPeer: _aio.UnaryUnaryMultiCallable[_control_pb2.PingPeerRequest, _control_pb2.PingPeerReply]  # type: ignore[assignment]
     Move: _aio.UnaryStreamMultiCallable[_control_pb2.MoveRequest, _control_pb2.MoveProgress]  # type: ignore[assignment]
+    Evacuate: _aio.UnaryStreamMultiCallable[_control_pb2.EvacuateRequest, _control_pb2.EvacuateReport]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -270,5 +272,12 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.MoveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.MoveProgress], _abc.AsyncIterator[_control_pb2.MoveProgress]]: ...
+
+    @_abc_1.abstractmethod
+    def Evacuate(
+        self,
+        request: _control_pb2.EvacuateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.EvacuateReport], _abc.AsyncIterator[_control_pb2.EvacuateReport]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
