@@ -218,8 +218,14 @@ class Moves:
         await fault_point("source-prepared")
         source = self._carry_source(*source.prepared(), peer)  # HANDED_OFF is on disk: no way back
         await fault_point("source-handed-off")
+        prepared_at = time.perf_counter()
         pid = await self._commit(stub, source, peer)
         downtime = time.perf_counter() - frozen_at
+        log.info(
+            "%s moved to %s: frozen %.0f ms (freeze and copy %.0f ms, commit and thaw %.0f ms)",
+            name, peer.name, downtime * 1000, (prepared_at - frozen_at) * 1000,
+            (time.perf_counter() - prepared_at) * 1000,
+        )  # fmt: skip
         await self._retire(record, source, peer, pid)
         report(MoveProgress("done", downtime=downtime))
         return record, peer.name
@@ -250,9 +256,12 @@ class Moves:
 
     async def _send(self, stub: Any, source: Source, manifest: Any, phase: str, report: Report) -> pb.StageReply:
         """Stage ``manifest`` at the destination, sending only the chunks it lacks."""
+        started = time.perf_counter()
         hashes = list(dict.fromkeys(chunk_hashes(manifest)))
         missing = list((await stub.Missing(pb.MissingRequest(hashes=hashes), timeout=60)).missing)
+        asked = time.perf_counter()
         chunks = await asyncio.to_thread(lambda: list(self.store.read_chunks(missing)))
+        read = time.perf_counter()
         total = sum(len(chunk.data) for _, chunk in chunks)
         progress = MoveProgress(phase, 0, total, 0, len(hashes) - len(missing))
         report(replace(progress))
@@ -278,6 +287,11 @@ class Moves:
                 report(replace(progress))
 
         reply: pb.StageReply = await stub.Stage(requests(), timeout=3600)
+        log.info(
+            "%s: %s of %d chunks (%d skipped), %.1f MiB: asked %.0f ms, read %.0f ms, sent and stored %.0f ms",
+            source.app, phase, len(hashes), len(hashes) - len(missing), total / 2**20, (asked - started) * 1000,
+            (read - asked) * 1000, (time.perf_counter() - read) * 1000,
+        )  # fmt: skip
         return reply
 
     async def _commit(self, stub: Any, source: Source, peer: PairedPeer) -> int:
@@ -421,7 +435,10 @@ class Moves:
         staged.CopyFrom(manifest)
         staged.app, staged.parent = _staging(ref.id), 0
         await fault_point("destination-staging")
+        started = time.perf_counter()
         info = await asyncio.to_thread(self.store.put_version, staged, chunks)
+        log.info("staged %s for %s: %.1f MiB stored in %.0f ms", ref.app, ref.id[:8], received / 2**20,
+                 (time.perf_counter() - started) * 1000)  # fmt: skip
         return pb.StageReply(version=info.version, bytes_stored=received)
 
     async def prepare(self, request: pb.PrepareRequest, caller: PairedPeer) -> None:
