@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -184,3 +185,26 @@ def test_evacuate_moves_every_running_app_and_leaves_one_that_cannot_go(
     assert {name: app["host"] for name, app in alpha.ps().items()} == {"one": "beta", "two": "beta", "stuck": "alpha"}
     assert alpha.app("stuck")["state"] == "running"
     assert sorted(beta.ps()) == ["one", "two"]
+
+
+def test_close_at_home_closes_the_app_where_it_runs_and_brings_it_home(
+    hosts: tuple[Daemon, Daemon], app_dir: AppDir
+) -> None:
+    alpha, beta = hosts
+    alpha.mig("run", str(app_dir.write("ticker.py", TICKER)), cwd=app_dir.path)
+    alpha.wait_logs("ticker", "tick 3")
+    move(alpha, "ticker", "beta")
+    wait_until(lambda: ticks(beta.logs("ticker"))[-1:] and ticks(beta.logs("ticker"))[-1] > 10, 15)
+    out = alpha.mig("close", "ticker").out
+    assert out.startswith("closed ticker at version"), out
+    app = alpha.app("ticker")
+    assert (app["state"], app["host"], app["home"]) == ("closed", "alpha", "alpha")
+    assert "ticker" not in beta.ps()
+    at_home = ticks(alpha.logs("ticker"))
+    assert at_home == list(range(1, len(at_home) + 1)) and at_home[-1] > 10  # every line came home first
+    last = at_home[-1]
+    alpha.mig("open", "ticker")
+    resumed = wait_until(lambda: [n for n in ticks(alpha.logs("ticker")) if n > last][:1], 15, what="ticks again")
+    assert resumed == [last + 1]
+    kinds = [version["kind"] for version in json.loads(alpha.mig("history", "ticker", "--json").out)]
+    assert kinds[-1] == "move" and len(kinds) >= 3  # the earlier versions stay; the one from beta is last

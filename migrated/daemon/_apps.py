@@ -501,6 +501,20 @@ class AppTable:
         await record.console.note(f"{spec.name} arrived (epoch {epoch}), from version {version}")
         return record
 
+    def adopt_closed(self, spec: AppSpec, version: int, epoch: int) -> AppRecord:
+        """An app closed on another host came back here closed, at ``version``."""
+        record = self._apps.get(spec.name)
+        if record is None:
+            record = AppRecord(spec, self._new_console(spec.name))
+            self._apps[spec.name] = record
+        record.state, record.version, record.epoch = State.CLOSED, version, epoch
+        record.host = record.host_device = record.home = record.home_device = ""
+        record.remote_pid = 0
+        record.ended_at = time.time()
+        record.ended.set()
+        self.save(record)
+        return record
+
     def forget(self, name: str) -> None:
         """Drop an app that moved on from this host (not its home); its versions stay in the store."""
         record = self._apps.pop(name, None)

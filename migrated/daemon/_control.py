@@ -153,7 +153,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         return pb.HistoryReply(versions=[_version(info) for info in await self.apps.history(request.name)])
 
     async def Close(self, request: pb.AppRef, context: Context) -> pb.AppInfo:
-        return self.info(await self.apps.close(request.name))
+        return self.info(await self.moves.close_away(request.name))
 
     async def Open(self, request: pb.OpenRequest, context: Context) -> pb.AppInfo:
         if request.on:

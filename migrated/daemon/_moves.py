@@ -132,6 +132,8 @@ class Moves:
         self.state_dir = state_dir
         self._tasks = tasks
         self._forwarders: dict[str, asyncio.Task[None]] = {}
+        self._forwarded: dict[str, int] = {}  # the next console line each forwarder will send
+        self._forwarded_more = asyncio.Event()  # set whenever a forwarder got lines home
         self._background: set[asyncio.Task[None]] = set()
 
     def _spawn(self, work: Any, name: str) -> None:
@@ -148,11 +150,18 @@ class Moves:
     # -- source
 
     async def move(
-        self, name: str, host: str, report: Report, stop_and_copy: bool = False, closed: bool = False
+        self,
+        name: str,
+        host: str,
+        report: Report,
+        stop_and_copy: bool = False,
+        closed: bool = False,
+        stay_closed: bool = False,
     ) -> tuple[AppRecord, str]:
         """Move a running app to a paired peer: pre-copy, freeze, final copy, hand-off; return it and the peer.
         ``stop_and_copy`` leaves out the pre-copy (the baseline a benchmark compares against); ``closed`` moves
-        an app that does not run, from its latest version, and runs it there (``mig open --on``)."""
+        an app that does not run, from its latest version, and runs it there (``mig open --on``), or, with
+        ``stay_closed``, only hands it over closed (an app closed away from home goes back home)."""
         record = self.apps.get(name)
         if record.not_here():
             raise AppStateError(f"{record.not_here()}; it can be moved only from the host that runs it")
@@ -165,7 +174,7 @@ class Moves:
             raise AppStateError(
                 f"{name!r} is not running (it {record.state.value}); `mig open {name} --on {host}` moves a closed app"
             )
-        if host in (self.host, str(self.peers.listen)):
+        if host in (self.host, str(self.peers.listen), self.peers.identity.device_id):
             raise UsageError(f"{name!r} runs on {host} already")
         peer, address = self.peers.paired_target(host)
         stub = self.peers.stub(peer, address)
@@ -201,6 +210,7 @@ class Moves:
                     await self._preflight(stub, source, manifest, peer)
                 staged = await self._send(stub, source, manifest, "final copy", report)
             report(MoveProgress("hand-off"))
+            await self._flush_forwarder(record)  # a visitor's lines reach home before the next host's do
             await fault_point("source-before-prepare")
             await stub.Prepare(
                 pb.PrepareRequest(
@@ -209,6 +219,7 @@ class Moves:
                     settings=_settings(record.spec),
                     home=record.home or self.host,
                     home_device_id=record.home_device or self.peers.identity.device_id,
+                    closed=stay_closed,
                 ),
                 timeout=60,
             )
@@ -366,8 +377,19 @@ class Moves:
             await record.console.note(f"{record.name} moved to {peer.name} (epoch {record.epoch})")
             self.apps.save(record)
         else:
+            await self._flush_forwarder(record)
             self.apps.forget(record.name)  # a visitor leaves; its versions stay for the next move here
         self._stop_forwarder(record.name)
+
+    async def _flush_forwarder(self, record: AppRecord, within: float = 10.0) -> None:
+        """Wait until the home has every console line of this visitor (or ``within`` seconds pass)."""
+        if record.name not in self._forwarders:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self._forwarded.get(record.name, 1) < record.console.log.next_seq:
+                    self._forwarded_more.clear()
+                    await self._forwarded_more.wait()
 
     def _record_source(self, source: Source, peer: PairedPeer) -> None:
         self.journal.save(
@@ -456,7 +478,7 @@ class Moves:
                     {"role": "destination", "id": ref.id, "app": ref.app, "epoch": ref.epoch,
                      "state": dest.state.value if dest.state else "", "staged_version": request.staged_version,
                      "source": caller.device_id, "source_name": caller.name, "home": request.home,
-                     "home_device": request.home_device_id,
+                     "home_device": request.home_device_id, "closed": request.closed,
                      "settings": {"kind": settings.kind, "app_class": settings.app_class,
                                   "args": list(settings.args), "autosave": settings.autosave,
                                   "keep": settings.keep, "restart": settings.restart, "cwd": settings.cwd}}
@@ -531,6 +553,8 @@ class Moves:
                 restart=settings["restart"],
             )
         home_here = entry["home_device"] == self.peers.identity.device_id
+        if entry.get("closed"):
+            return self.apps.adopt_closed(spec, loaded.info.version, entry["epoch"])
         record = await self.apps.adopt(
             spec,
             loaded.info.version,
@@ -549,6 +573,31 @@ class Moves:
     def _check_epoch(self, ref: pb.MigrationRef) -> None:
         if ref.epoch <= self._known_epoch(ref.app):
             raise AppStateError(f"epoch {ref.epoch} of {ref.app!r} is stale on {self.host}")
+
+    # -- closing an app that runs away from home
+
+    async def close_away(self, name: str) -> AppRecord:
+        """Home: ask the host that runs the app to close it and hand the closed version back here."""
+        record = self.apps.get(name)
+        if record.state is not State.AWAY:
+            return await self.apps.close(name)
+        peer, address = self.peers.paired_target(record.host_device)
+        try:
+            await self.peers.stub(peer, address).CloseAway(
+                pb.CloseAwayRequest(app=name, epoch=record.epoch), timeout=3600
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._move_error(exc, name, peer) from None
+        return self.apps.get(name)
+
+    async def closing_away(self, request: pb.CloseAwayRequest, caller: PairedPeer) -> None:
+        """Host: the app's home wants it closed; close it here, then hand the closed version home."""
+        record = self.apps.get(request.app)
+        if record.home_device != caller.device_id or record.epoch != request.epoch:
+            raise AppStateError(f"{request.app!r} at epoch {request.epoch} is not {caller.name}'s to close here")
+        if record.running:
+            await self.apps.close(request.app)
+        await self.move(request.app, caller.device_id, lambda _: None, closed=True, stay_closed=True)
 
     # -- the console of a moved app flows home
 
@@ -580,6 +629,7 @@ class Moves:
         self._forwarders[record.name] = self._tasks.create_task(self._forward(record), name=f"console {record.name}")
 
     def _stop_forwarder(self, name: str) -> None:
+        self._forwarded.pop(name, None)
         task = self._forwarders.pop(name, None)
         if task is not None:
             task.cancel()
@@ -608,6 +658,8 @@ class Moves:
                     await asyncio.sleep(1.0)
                     continue
                 since, told = read.next_seq, True
+                self._forwarded[record.name] = since
+                self._forwarded_more.set()
                 continue
             if console.closed:
                 return

@@ -154,6 +154,10 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         applied = await self.peers.moves().console_append(request, self._caller(context))
         return pb.ConsoleAppendReply(applied_to=applied)
 
+    async def CloseAway(self, request: pb.CloseAwayRequest, context: Context) -> pb.CloseAwayReply:
+        await self.peers.moves().closing_away(request, self._caller(context))
+        return pb.CloseAwayReply()
+
     def _caller(self, context: Context) -> PairedPeer:
         caller = self.peers.paired.by_client(caller_cert_hash(context) or "")
         if caller is None:  # PairedOnly let it in, and it was unpaired since

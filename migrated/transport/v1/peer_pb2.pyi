@@ -450,10 +450,13 @@ class PrepareRequest(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     HOME_FIELD_NUMBER: _builtins.int
     HOME_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
     staged_version: _builtins.int
     home: _builtins.str
     """the home host's name"""
     home_device_id: _builtins.str
+    closed: _builtins.bool
+    """adopt the version but do not run it (an app closed away from home comes back)"""
     @_builtins.property
     def migration(self) -> Global___MigrationRef: ...
     @_builtins.property
@@ -466,10 +469,11 @@ class PrepareRequest(_message.Message):
         settings: Global___AppSettings | None = ...,
         home: _builtins.str = ...,
         home_device_id: _builtins.str = ...,
+        closed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["home", b"home", "home_device_id", b"home_device_id", "migration", b"migration", "settings", b"settings", "staged_version", b"staged_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "home", b"home", "home_device_id", b"home_device_id", "migration", b"migration", "settings", b"settings", "staged_version", b"staged_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -604,6 +608,43 @@ class DecisionReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecisionReply: _TypeAlias = DecisionReply  # noqa: Y015
+
+@_typing.final
+class CloseAwayRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "epoch", b"epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseAwayRequest: _TypeAlias = CloseAwayRequest  # noqa: Y015
+
+@_typing.final
+class CloseAwayReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseAwayReply: _TypeAlias = CloseAwayReply  # noqa: Y015
 
 @_typing.final
 class ConsoleAppendRequest(_message.Message):

@@ -198,6 +198,11 @@ class PeerStub:
                 request_serializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.FromString,
                 _registered_method=True)
+        self.CloseAway = channel.unary_unary(
+                '/migrated.v1.Peer/CloseAway',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.CloseAwayRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.CloseAwayReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -258,6 +263,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseAway(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -305,6 +316,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.ConsoleAppend,
                     request_deserializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.SerializeToString,
+            ),
+            'CloseAway': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseAway,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.CloseAwayRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.CloseAwayReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -551,6 +567,33 @@ class Peer:
             '/migrated.v1.Peer/ConsoleAppend',
             migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.SerializeToString,
             migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseAway(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/CloseAway',
+            migrated_dot_v1_dot_peer__pb2.CloseAwayRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.CloseAwayReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,7 @@ class PeerStub:
     Abort: _grpc.UnaryUnaryMultiCallable[_peer_pb2.AbortRequest, _peer_pb2.AbortReply]
     Decision: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DecisionRequest, _peer_pb2.DecisionReply]
     ConsoleAppend: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ConsoleAppendRequest, _peer_pb2.ConsoleAppendReply]
+    CloseAway: _grpc.UnaryUnaryMultiCallable[_peer_pb2.CloseAwayRequest, _peer_pb2.CloseAwayReply]
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -94,6 +95,7 @@ class PeerAsyncStub(PeerStub):
     Abort: _aio.UnaryUnaryMultiCallable[_peer_pb2.AbortRequest, _peer_pb2.AbortReply]  # type: ignore[assignment]
     Decision: _aio.UnaryUnaryMultiCallable[_peer_pb2.DecisionRequest, _peer_pb2.DecisionReply]  # type: ignore[assignment]
     ConsoleAppend: _aio.UnaryUnaryMultiCallable[_peer_pb2.ConsoleAppendRequest, _peer_pb2.ConsoleAppendReply]  # type: ignore[assignment]
+    CloseAway: _aio.UnaryUnaryMultiCallable[_peer_pb2.CloseAwayRequest, _peer_pb2.CloseAwayReply]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """Paired callers only: the server checks every call's client certificate hash against its paired table."""
@@ -160,5 +162,12 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.ConsoleAppendRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.ConsoleAppendReply, _abc.Awaitable[_peer_pb2.ConsoleAppendReply]]: ...
+
+    @_abc_1.abstractmethod
+    def CloseAway(
+        self,
+        request: _peer_pb2.CloseAwayRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.CloseAwayReply, _abc.Awaitable[_peer_pb2.CloseAwayReply]]: ...
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
