@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import psutil  # type: ignore[import-untyped]
 import pytest
+from hypothesis import settings
 
 from tests.netbed import module_netbeds, netbeds  # noqa: F401 - multi-host fixtures (network namespaces)
 
@@ -32,6 +33,10 @@ MIG = shutil.which("mig") or str(Path(sys.executable).with_name("mig"))
 MIGRATED = shutil.which("migrated") or str(Path(sys.executable).with_name("migrated"))
 RUNNER_MODULE = "migrated.runtime._runner"
 START_TIMEOUT = 20.0
+
+# Hypothesis checks what holds, not how fast: its per-example deadline fails tests on a loaded 2-core machine.
+settings.register_profile("migrated", deadline=None)
+settings.load_profile("migrated")
 
 # Every daemon a test starts, directly or through mig's autostart, listens on loopback only and stays off
 # mDNS; the network tests (netbed) give their daemons flags of their own.
