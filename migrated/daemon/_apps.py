@@ -92,6 +92,7 @@ class AppRecord:
     moving: bool = False
     remote_pid: int = 0  # the runner's pid on ``host``
     console_applied: int = 0  # while AWAY: the last console line of the remote copy applied here
+    console_session: float = 0.0  # and the start of the daemon that numbered it
     crash_times: list[float] = field(default_factory=list)
     autosave_task: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)

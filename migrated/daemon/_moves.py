@@ -132,6 +132,7 @@ class Moves:
         self.state_dir = state_dir
         self._tasks = tasks
         self._forwarders: dict[str, asyncio.Task[None]] = {}
+        self._session = time.time()  # this daemon's console numbering starts anew with each start
         self._forwarded: dict[str, int] = {}  # the next console line each forwarder will send
         self._forwarded_more = asyncio.Event()  # set whenever a forwarder got lines home
         self._background: set[asyncio.Task[None]] = set()
@@ -357,6 +358,9 @@ class Moves:
 
     async def _retire(self, record: AppRecord, source: Source, peer: PairedPeer, pid: int) -> None:
         """The destination runs the app: end the frozen runner here without ``on_stop``; keep the record if home."""
+        for entry in self.journal.all():  # the app left: a restart must not thaw it here from an old arrival
+            if entry["role"] == "destination" and entry["app"] == record.name and not entry.get("left"):
+                self.journal.save({**entry, "left": True})
         runner = record.runner
         if runner is not None and record.running:
             record.closing = True
@@ -618,6 +622,8 @@ class Moves:
             record.epoch, record.host, record.host_device = request.epoch, caller.name, caller.device_id
             record.console_applied = 0
             self.apps.save(record)
+        if request.session != record.console_session:  # the host restarted: its numbering starts anew
+            record.console_session, record.console_applied = request.session, 0
         skip = record.console_applied + 1 - request.first_seq
         for line in request.lines[max(0, skip) :]:
             await record.console.write(line)
@@ -643,7 +649,11 @@ class Moves:
             if read.lines or not told:
                 first = read.lines[0][0] if read.lines else since
                 request = pb.ConsoleAppendRequest(
-                    app=record.name, epoch=record.epoch, first_seq=first, lines=[data for _, data in read.lines]
+                    app=record.name,
+                    epoch=record.epoch,
+                    first_seq=first,
+                    lines=[data for _, data in read.lines],
+                    session=self._session,
                 )
                 try:
                     peer, address = self.peers.paired_target(record.home_device)
@@ -703,6 +713,8 @@ class Moves:
                 self._spawn(self._commit_later(source, peer), f"commit {source.id}")
 
     async def _recover_destination(self, entry: dict[str, Any]) -> None:
+        if entry.get("left"):
+            return
         state = DestState(entry["state"]) if entry.get("state") else None
         ref = pb.MigrationRef(id=entry["id"], app=entry["app"], epoch=entry["epoch"])
         _, actions = Destination(ref.id, ref.app, ref.epoch, state).restarted()
