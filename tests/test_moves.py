@@ -208,3 +208,22 @@ def test_close_at_home_closes_the_app_where_it_runs_and_brings_it_home(
     assert resumed == [last + 1]
     kinds = [version["kind"] for version in json.loads(alpha.mig("history", "ticker", "--json").out)]
     assert kinds[-1] == "move" and len(kinds) >= 3  # the earlier versions stay; the one from beta is last
+
+
+def test_a_host_killed_while_running_a_moved_app_runs_it_again_after_its_restart(
+    hosts: tuple[Daemon, Daemon], daemons: Daemons, app_dir: AppDir
+) -> None:
+    alpha, beta = hosts
+    alpha.mig("run", str(app_dir.write("ticker.py", TICKER)), cwd=app_dir.path)
+    alpha.wait_logs("ticker", "tick 3")
+    move(alpha, "ticker", "beta")
+    wait_until(lambda: len(ticks(alpha.logs("ticker"))) > 30, 15, what="ticks from beta at home")
+    assert beta.proc is not None
+    beta.proc.kill()  # kill -9: its runner dies with it
+    beta.proc.wait()
+    lines_before = len(ticks(alpha.logs("ticker")))
+    beta = daemons.start("--name", "beta", state_dir=beta.dir)
+    app = beta.wait_state("ticker", "running")
+    assert (app["host"], app["home"], app["epoch"]) == ("beta", "alpha", 1)
+    assert alpha.app("ticker")["host"] == "beta"
+    wait_until(lambda: len(ticks(alpha.logs("ticker"))) > lines_before + 10, 15, what="ticks at home again")
