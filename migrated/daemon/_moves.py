@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -45,7 +46,7 @@ from migrated.daemon._handoff import (
 )
 from migrated.daemon._peers import Peers
 from migrated.discovery._paired import PairedPeer
-from migrated.errors import AppNotFoundError, AppStateError, MigError, PeerError, UsageError
+from migrated.errors import AppNotFoundError, AppStateError, CheckpointError, MigError, PeerError, UsageError
 from migrated.transport.v1 import peer_pb2 as pb
 
 __all__ = ["MoveProgress", "Moves"]
@@ -55,7 +56,7 @@ log = logging.getLogger("migrated.moves")
 BATCH_BYTES = 1 << 20  # chunk bytes per Stage message
 COMMIT_TRIES = 8  # in the foreground (about half a minute); then the commit is retried in the background
 RETRY_DELAY = 0.5
-DISK_MARGIN = 1.2  # free space the destination wants beyond the state's size
+DISK_MARGIN = 2.5  # free space the destination wants, times the state: staged chunks pass through SQLite's WAL
 
 
 async def fault_point(name: str) -> None:
@@ -136,6 +137,7 @@ class Moves:
         self._forwarded: dict[str, int] = {}  # the next console line each forwarder will send
         self._forwarded_more = asyncio.Event()  # set whenever a forwarder got lines home
         self._background: set[asyncio.Task[None]] = set()
+        self._closed_moves: set[str] = set()  # moves of apps that did not run: undoing one runs nothing
 
     def _spawn(self, work: Any, name: str) -> None:
         """Run ``work`` in the daemon's task group until done or until ``close``."""
@@ -181,6 +183,8 @@ class Moves:
         stub = self.peers.stub(peer, address)
         record.moving = True
         source = Source(uuid.uuid4().hex, name, record.epoch + 1)
+        if closed:
+            self._closed_moves.add(source.id)
         self._record_source(source, peer)
         frozen_at = 0.0
         try:
@@ -357,33 +361,35 @@ class Moves:
             await self.peers.stub(peer_now, address).Abort(pb.AbortRequest(migration=_ref(source)), timeout=10)
 
     async def _retire(self, record: AppRecord, source: Source, peer: PairedPeer, pid: int) -> None:
-        """The destination runs the app: end the frozen runner here without ``on_stop``; keep the record if home."""
+        """The destination runs the app: end the frozen runner here without ``on_stop``; keep the record if home.
+
+        The record stays ``moving`` (nothing opens or closes it) until it is AWAY or gone. A visitor's console
+        lines were flushed home before the hand-off; what its ending adds here is not sent.
+        """
+        record.moving = True
         for entry in self.journal.all():  # the app left: a restart must not thaw it here from an old arrival
             if entry["role"] == "destination" and entry["app"] == record.name and not entry.get("left"):
                 self.journal.save({**entry, "left": True})
+        self._stop_forwarder(record.name)
         runner = record.runner
         if runner is not None and record.running:
             record.closing = True
             record.stop_reason = f"moved to {peer.name}"
             runner.kill()
             await record.ended.wait()
-        record.moving = False
         record.epoch = source.epoch
         if record.home_device in ("", self.peers.identity.device_id):
-            record.state, record.host, record.host_device, record.remote_pid = (
-                State.AWAY,
-                peer.name,
-                peer.device_id,
-                pid,
-            )
-            record.home, record.home_device, record.console_applied = "", "", 0
+            self._mark_away(record, peer, pid)
             record.console.reopen()
             await record.console.note(f"{record.name} moved to {peer.name} (epoch {record.epoch})")
-            self.apps.save(record)
         else:
-            await self._flush_forwarder(record)
             self.apps.forget(record.name)  # a visitor leaves; its versions stay for the next move here
-        self._stop_forwarder(record.name)
+        record.moving = False
+
+    def _mark_away(self, record: AppRecord, peer: PairedPeer, pid: int) -> None:
+        record.state, record.host, record.host_device, record.remote_pid = State.AWAY, peer.name, peer.device_id, pid
+        record.home, record.home_device, record.console_applied = "", "", 0
+        self.apps.save(record)
 
     async def _flush_forwarder(self, record: AppRecord, within: float = 10.0) -> None:
         """Wait until the home has every console line of this visitor (or ``within`` seconds pass)."""
@@ -395,10 +401,11 @@ class Moves:
                     self._forwarded_more.clear()
                     await self._forwarded_more.wait()
 
-    def _record_source(self, source: Source, peer: PairedPeer) -> None:
+    def _record_source(self, source: Source, peer: PairedPeer, resume: bool = True) -> None:
+        resume = resume and source.id not in self._closed_moves
         self.journal.save(
             {"role": "source", "id": source.id, "app": source.app, "epoch": source.epoch,
-             "state": source.state.value, "version": source.version, "peer": peer.device_id}
+             "state": source.state.value, "version": source.version, "peer": peer.device_id, "resume": resume}
         )  # fmt: skip
 
     def _carry_source(self, source: Source, actions: list[Action], peer: PairedPeer) -> Source:
@@ -462,7 +469,12 @@ class Moves:
         staged.app, staged.parent = _staging(ref.id), 0
         await fault_point("destination-staging")
         started = time.perf_counter()
-        info = await asyncio.to_thread(self.store.put_version, staged, chunks)
+        try:
+            info = await asyncio.to_thread(self.store.put_version, staged, chunks)
+        except (sqlite3.Error, OSError) as exc:
+            raise CheckpointError(
+                f"{self.host} cannot store {ref.app!r} ({exc}); free some space there and move it again"
+            ) from None
         log.info("staged %s for %s: %.1f MiB stored in %.0f ms", ref.app, ref.id[:8], received / 2**20,
                  (time.perf_counter() - started) * 1000)  # fmt: skip
         return pb.StageReply(version=info.version, bytes_stored=received)
@@ -504,11 +516,13 @@ class Moves:
                 self.journal.save({**entry, "state": DestState.COMMITTED.value})
                 await fault_point("destination-committed")
             elif isinstance(action, Thaw):
-                pid = (await self._thaw(entry)).pid
+                pid = (await asyncio.shield(self._thaw(entry))).pid  # the caller may go; the thaw must not
             elif isinstance(action, Refuse):
                 raise AppStateError(action.reason)
             elif isinstance(action, Reply) and not pid:
                 record = self.apps._apps.get(ref.app)
+                if (record is None or not record.running) and not entry.get("left") and not entry.get("closed"):
+                    record = await asyncio.shield(self._thaw(entry))  # committed, but its thaw was cut short
                 pid = record.pid if record is not None else 0
         return pid
 
@@ -699,22 +713,32 @@ class Moves:
     async def _recover_source(self, entry: dict[str, Any]) -> None:
         source = Source(entry["id"], entry["app"], entry["epoch"], SourceState(entry["state"]), entry["version"])
         peer = self.peers.paired.by_device(entry["peer"])
+        record = self.apps._apps.get(source.app)
+        if record is None or record.epoch >= source.epoch:
+            return  # an older move: the app came back (or was removed) since
+        if source.state in (SourceState.HANDED_OFF, SourceState.DONE) and peer is not None:
+            # Decided: the app is the destination's now; this host must never run or open it again.
+            if record.home_device in ("", self.peers.identity.device_id):
+                record.epoch = source.epoch
+                self._mark_away(record, peer, 0)
+            else:
+                self.apps.forget(source.app)
         source, actions = source.restarted()
         for action in actions:
             if isinstance(action, Record) and peer is not None:
-                self._record_source(source, peer)
+                self._record_source(source, peer, resume=entry.get("resume", True))
             elif isinstance(action, Abort) and peer is not None:
                 self._spawn(self._send_abort(source, peer), f"abort {source.id}")
             elif isinstance(action, Resume):
-                record = self.apps._apps.get(source.app)
-                if record is not None and not record.running:
+                if not record.running and entry.get("resume", True):
                     await self.apps.open(source.app)
             elif isinstance(action, Commit) and peer is not None:
                 self._spawn(self._commit_later(source, peer), f"commit {source.id}")
 
     async def _recover_destination(self, entry: dict[str, Any]) -> None:
-        if entry.get("left"):
-            return
+        later = [e for e in self.journal.all() if e["role"] == "source" and e["app"] == entry["app"]]
+        if entry.get("left") or any(e["epoch"] > entry["epoch"] for e in later):
+            return  # it moved on from here afterwards: the source side of that move decides
         state = DestState(entry["state"]) if entry.get("state") else None
         ref = pb.MigrationRef(id=entry["id"], app=entry["app"], epoch=entry["epoch"])
         _, actions = Destination(ref.id, ref.app, ref.epoch, state).restarted()

@@ -49,6 +49,18 @@ PROBE_INTERVAL = 5.0
 PROBE_TIMEOUT = 3.0
 CODE_TTL = 300.0
 CALL_TIMEOUT = 10.0
+# A cut link must fail a call (and so a move) within seconds, not when TCP gives up after minutes.
+KEEPALIVE_CHANNEL = [
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+KEEPALIVE_SERVER = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 4000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 
 
 class Peers:
@@ -137,6 +149,7 @@ class Peers:
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout * 1000)),
                 ("grpc.so_reuseport", 0),
+                *KEEPALIVE_SERVER,
             ],
         )
         self._server = server
@@ -322,6 +335,7 @@ class Peers:
                     *channel_options(),
                     ("grpc.max_receive_message_length", MAX_MESSAGE),
                     ("grpc.max_send_message_length", MAX_MESSAGE),
+                    *KEEPALIVE_CHANNEL,
                 ],
             )
             self._channels[key] = channel
