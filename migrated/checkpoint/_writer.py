@@ -23,7 +23,8 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (a full disk: SQLITE_FULL)
+            conn.execute("ROLLBACK")
         raise
     try:
         conn.execute("COMMIT")

@@ -46,7 +46,15 @@ from migrated.daemon._handoff import (
 )
 from migrated.daemon._peers import Peers
 from migrated.discovery._paired import PairedPeer
-from migrated.errors import AppNotFoundError, AppStateError, CheckpointError, MigError, PeerError, UsageError
+from migrated.errors import (
+    AppNotFoundError,
+    AppStateError,
+    CheckpointError,
+    MigError,
+    PeerError,
+    StateDirError,
+    UsageError,
+)
 from migrated.transport.v1 import peer_pb2 as pb
 
 __all__ = ["MoveProgress", "Moves"]
@@ -90,19 +98,26 @@ class Journal:
         directory.mkdir(mode=0o700, exist_ok=True)
 
     def save(self, entry: dict[str, Any]) -> None:
-        """Write ``entry`` (it has an ``id``) durably."""
+        """Write ``entry`` (it has an ``id``) durably; StateDirError (nothing half written) if it cannot."""
         path = self.directory / f"{entry['role']}-{entry['id']}.json"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as out:
-            out.write(json.dumps(entry).encode())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        directory = os.open(self.directory, os.O_RDONLY)
         try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            with open(tmp, "wb") as out:
+                out.write(json.dumps(entry).encode())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StateDirError(
+                f"cannot record migration {entry['id'][:8]} in {self.directory} ({exc.strerror}); free some space"
+            ) from None
 
     def get(self, role: str, migration: str) -> dict[str, Any] | None:
         """The entry of one migration in one role."""
@@ -534,7 +549,10 @@ class Moves:
         dest, actions = _destination(ref, entry).abort()
         for action in actions:
             if isinstance(action, Record):
-                self.journal.save({**entry, "state": DestState.ABORTED.value})
+                try:
+                    self.journal.save({**entry, "state": DestState.ABORTED.value})
+                except MigError as exc:  # a full disk: drop the staged chunks all the same, they free space
+                    log.warning("%s", exc.message)
             elif isinstance(action, Drop):
                 await asyncio.to_thread(self.store.remove_app, _staging(ref.id))
             elif isinstance(action, Refuse):
