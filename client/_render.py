@@ -251,5 +251,16 @@ class MoveBar:
                 self._task = self._progress.add_task(update.phase, total=update.bytes_total or None)
             elif update.phase != "done":
                 print(f"{update.phase}...", flush=True)
+        if self._progress is None and update.bytes_total and update.bytes_sent == update.bytes_total:
+            print(
+                f"{update.phase}: {size(update.bytes_sent)} in {update.chunks_sent} chunks sent, "
+                f"{update.chunks_skipped} skipped (the destination had them)",
+                flush=True,
+            )
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=update.bytes_sent, total=update.bytes_total or None)
+            skipped = (
+                f"{update.phase} ({update.chunks_skipped} chunks there)" if update.chunks_skipped else update.phase
+            )
+            self._progress.update(
+                self._task, completed=update.bytes_sent, total=update.bytes_total or None, description=skipped
+            )
