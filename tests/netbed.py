@@ -295,6 +295,10 @@ class BedDaemon:
         """The peer port, ``ADDR:PORT``."""
         return f"{self.host.addr}:{PEER_PORT}"
 
+    def _env(self) -> dict[str, str]:
+        """The daemon's environment (a subclass may add to it)."""
+        return _daemon_env(self.dir)
+
     def _spawn(self) -> None:
         argv = [MIGRATED, "--dir", str(self.dir), "--name", self.host.name, "--listen", self.address]
         read_fd, write_fd = os.pipe()
@@ -306,7 +310,7 @@ class BedDaemon:
                     stdout=log,
                     stderr=log,
                     pass_fds=(write_fd,),
-                    env=_daemon_env(self.dir),
+                    env=self._env(),
                 )
         except BaseException:
             os.close(read_fd)

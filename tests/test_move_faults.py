@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import runner_pids, wait_until
-from tests.netbed import MIG, MIGRATED, START_TIMEOUT, BedDaemon, Host, NetBed, _daemon_env, require_netbed
+from tests.netbed import MIG, START_TIMEOUT, BedDaemon, Host, NetBed, _daemon_env, require_netbed
 
 FAULT = "MIGRATED_FAULT_PAUSE"
 BIG = 64 << 20  # bytes of state that do not compress: a transfer long enough to cut
@@ -59,29 +59,11 @@ class FaultDaemon(BedDaemon):
         super().__init__(bed, host, state_dir, args)
         self.fault = fault
 
-    def _spawn(self) -> None:
-        # BedDaemon._spawn, with the fault point added to the environment it strips of MIGRATED_* variables.
-        env = _daemon_env(self.dir)
+    def _env(self) -> dict[str, str]:
+        env = super()._env()  # stripped of MIGRATED_* variables; the fault point is added back
         if self.fault:
             env[FAULT] = self.fault
-        argv = [MIGRATED, "--dir", str(self.dir), "--name", self.host.name, "--listen", self.address]
-        read_fd, write_fd = os.pipe()
-        try:
-            with open(self.log, "ab") as log:
-                self.proc = self.host.popen(
-                    [*argv, "--ready-fd", str(write_fd), *self.args],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    pass_fds=(write_fd,),
-                    env=env,
-                )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        self._ready_fd = read_fd
+        return env
 
     def paused(self, point: str, timeout: float = 30.0) -> None:
         """Wait until the daemon stopped at ``point``."""
