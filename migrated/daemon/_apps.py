@@ -144,6 +144,10 @@ class AppTable:
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._apps.values()))
 
+    def find(self, name: str) -> AppRecord | None:
+        """The app called ``name``, if there is one."""
+        return self._apps.get(name)
+
     def get(self, name: str) -> AppRecord:
         """The app called ``name``."""
         try:
@@ -395,6 +399,13 @@ class AppTable:
         record.version = info.version
         log.info("%s: version %d (%s), paused %.1f ms", record.name, info.version, kind, captured.pause * 1000)
         return info, captured
+
+    async def freeze(self, name: str, message: str) -> VersionInfo:
+        """Checkpoint a running app for a move (kind ``move``) and hold it frozen until stopped or resumed."""
+        record = self.get(name)
+        async with record.lock:
+            info, _ = await asyncio.shield(self._checkpoint(record, "move", message, hold=True))
+        return info
 
     async def close(self, name: str) -> AppRecord:
         """Checkpoint a running app and stop it; it stays listed as closed, to be opened again."""

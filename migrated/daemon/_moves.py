@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -218,11 +218,8 @@ class Moves:
                 await self._send(stub, source, manifest, "pre-copy", report)
             if not closed:
                 report(MoveProgress("freeze"))
-                async with record.lock:
-                    frozen_at = time.perf_counter()
-                    info, _ = await asyncio.shield(
-                        self.apps._checkpoint(record, "move", f"moved to {peer.name}", hold=True)
-                    )
+                frozen_at = time.perf_counter()
+                info = await self.apps.freeze(name, f"moved to {peer.name}")
                 source = self._carry_source(*source.frozen(info.version), peer)
                 await fault_point("source-frozen")
                 manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
@@ -299,21 +296,9 @@ class Moves:
 
         async def requests() -> AsyncIterator[pb.StageRequest]:
             yield pb.StageRequest(migration=_ref(source), manifest=manifest)
-            batch: list[pb.ChunkData] = []
-            size = 0
-            for digest, chunk in chunks:
-                data = bytes(chunk.data)
-                batch.append(pb.ChunkData(hash=digest, codec=int(chunk.codec), raw_size=chunk.raw_size, data=data))
-                size += len(chunk.data)
-                if size >= BATCH_BYTES:
-                    yield pb.StageRequest(chunks=batch)
-                    progress.bytes_sent += size
-                    progress.chunks_sent += len(batch)
-                    report(replace(progress))
-                    batch, size = [], 0
-            if batch:
+            for batch in _batches(chunks):
                 yield pb.StageRequest(chunks=batch)
-                progress.bytes_sent += size
+                progress.bytes_sent += sum(len(chunk.data) for chunk in batch)
                 progress.chunks_sent += len(batch)
                 report(replace(progress))
 
@@ -343,7 +328,7 @@ class Moves:
         )
 
     async def _commit_later(self, source: Source, peer: PairedPeer) -> None:
-        record = self.apps._apps.get(source.app)
+        record = self.apps.find(source.app)
         while True:
             try:
                 peer_now, address = self.peers.paired_target(peer.device_id)
@@ -455,7 +440,7 @@ class Moves:
             problems.append(
                 f"this host has {free / 2**20:.0f} MiB free, the app needs {manifest.total_bytes / 2**20:.0f} MiB"
             )
-        record = self.apps._apps.get(request.migration.app)
+        record = self.apps.find(request.migration.app)
         if record is not None and record.state is not State.AWAY:
             problems.append(f"an app called {request.migration.app!r} already exists on {self.host}")
         return problems
@@ -471,14 +456,15 @@ class Moves:
         ref, manifest = _checked(first.migration), first.manifest
         self._check_epoch(ref)
         chunks: dict[bytes, StoredChunk] = {}
-        received = 0
-        for message in (first,):
+
+        def take(message: pb.StageRequest) -> None:
             for chunk in message.chunks:
                 chunks[chunk.hash] = StoredChunk(Codec(chunk.codec), chunk.raw_size, chunk.data)
+
+        take(first)
         async for message in requests:
-            for chunk in message.chunks:
-                chunks[chunk.hash] = StoredChunk(Codec(chunk.codec), chunk.raw_size, chunk.data)
-                received += len(chunk.data)
+            take(message)
+        received = sum(len(chunk.data) for chunk in chunks.values())
         staged = type(manifest)()
         staged.CopyFrom(manifest)
         staged.app, staged.parent = _staging(ref.id), 0
@@ -535,7 +521,7 @@ class Moves:
             elif isinstance(action, Refuse):
                 raise AppStateError(action.reason)
             elif isinstance(action, Reply) and not pid:
-                record = self.apps._apps.get(ref.app)
+                record = self.apps.find(ref.app)
                 if (record is None or not record.running) and not entry.get("left") and not entry.get("closed"):
                     record = await asyncio.shield(self._thaw(entry))  # committed, but its thaw was cut short
                 pid = record.pid if record is not None else 0
@@ -574,7 +560,7 @@ class Moves:
             )
         loaded = await asyncio.to_thread(self.store.load, name)
         settings = entry["settings"]
-        record = self.apps._apps.get(name)
+        record = self.apps.find(name)
         if record is not None and record.state is State.AWAY:
             spec = record.spec  # it comes home
         else:
@@ -603,7 +589,7 @@ class Moves:
         return record
 
     def _known_epoch(self, app: str) -> int:
-        record = self.apps._apps.get(app)
+        record = self.apps.find(app)
         return record.epoch if record is not None else -1
 
     def _check_epoch(self, ref: pb.MigrationRef) -> None:
@@ -643,7 +629,7 @@ class Moves:
         A higher epoch than the one on record means the app moved on (to the caller): the record follows it. A
         lower one comes from a stale copy, which is refused and told to stop.
         """
-        record = self.apps._apps.get(request.app)
+        record = self.apps.find(request.app)
         if record is None or record.state is not State.AWAY:
             raise AppStateError(f"{request.app!r} does not run away from {self.host}; stop that copy")
         if request.epoch < record.epoch:
@@ -676,7 +662,7 @@ class Moves:
         """Send the app's console lines to its home, at least once, until the app leaves or ends. The first
         call goes out at once, lines or not: it tells the home where the app runs now."""
         console, since, told = record.console, 1, False
-        while self.apps._apps.get(record.name) is record:
+        while self.apps.find(record.name) is record:
             read = console.log.read(since, 4096)
             if read.lines or not told:
                 first = read.lines[0][0] if read.lines else since
@@ -731,7 +717,7 @@ class Moves:
     async def _recover_source(self, entry: dict[str, Any]) -> None:
         source = Source(entry["id"], entry["app"], entry["epoch"], SourceState(entry["state"]), entry["version"])
         peer = self.peers.paired.by_device(entry["peer"])
-        record = self.apps._apps.get(source.app)
+        record = self.apps.find(source.app)
         if record is None or record.epoch >= source.epoch:
             return  # an older move: the app came back (or was removed) since
         if source.state in (SourceState.HANDED_OFF, SourceState.DONE) and peer is not None:
@@ -762,7 +748,7 @@ class Moves:
         _, actions = Destination(ref.id, ref.app, ref.epoch, state).restarted()
         for action in actions:
             if isinstance(action, Thaw):
-                record = self.apps._apps.get(ref.app)
+                record = self.apps.find(ref.app)
                 if record is None or not record.running:
                     await self._thaw(entry)
             elif isinstance(action, AskDecision):
@@ -796,6 +782,20 @@ def _checked(ref: pb.MigrationRef) -> pb.MigrationRef:
         raise UsageError(f"the message names no valid migration (id {ref.id[:40]!r}, epoch {ref.epoch})")
     _check_name(ref.app)
     return ref
+
+
+def _batches(chunks: list[tuple[bytes, StoredChunk]]) -> Iterator[list[pb.ChunkData]]:
+    """The chunks as Stage messages of about ``BATCH_BYTES`` each."""
+    batch: list[pb.ChunkData] = []
+    size = 0
+    for digest, chunk in chunks:
+        batch.append(pb.ChunkData(hash=digest, codec=int(chunk.codec), raw_size=chunk.raw_size, data=bytes(chunk.data)))
+        size += len(chunk.data)
+        if size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _ref(source: Source) -> pb.MigrationRef:

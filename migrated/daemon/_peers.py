@@ -373,17 +373,16 @@ class Peers:
     # -- probes
 
     async def _probe_all(self) -> None:
-        addresses = {row.address for row in self.rows() if row.address}
-        await asyncio.gather(*(self._probe(address) for address in addresses))
+        rows = {row.address: row for row in self.rows() if row.address}
+        await asyncio.gather(*(self._probe(address, row) for address, row in rows.items()))
 
-    async def _probe(self, address_text: str) -> None:
+    async def _probe(self, address_text: str, row: PeerRow | None = None) -> None:
         now = time.time()
         try:
             address = parse_address(address_text, what="the peer address")
         except ConfigError:
             return
         peer = next((p for p in self.paired if p.address == address_text), None)
-        row = next((r for r in self.rows() if r.address == address_text), None)
         if row is not None and row.device_id:
             peer = self.paired.by_device(row.device_id) or peer
         if peer is not None:
