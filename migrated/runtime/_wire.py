@@ -15,9 +15,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at every runner start
     from typing import Any
 
-__all__ = ["MAX_FRAME", "Frame", "FrameDecoder", "FrameError", "Kind", "encode", "encode_json"]
+__all__ = [
+    "MAX_FRAME",
+    "Frame",
+    "FrameDecoder",
+    "FrameError",
+    "Kind",
+    "encode",
+    "encode_io",
+    "encode_json",
+    "io_payload",
+]
 
 _HEADER = struct.Struct("!IB")
+_IO_HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
 
 
@@ -39,6 +50,15 @@ class Kind(enum.IntEnum):
     CAPTURED = 12  # runner -> daemon: {"pause", "capture"}: every needed chunk was sent; the app goes on
     CAPTURE_FAILED = 13  # runner -> daemon: {"error", "message"}: the state cannot be saved; the app goes on
     RESUME = 14  # daemon -> runner: a checkpoint that held the app frozen was not stored; go on
+    # Home I/O. Payloads are ``encode_io``'s: a JSON header and raw bytes. Ops are named "file.*", "os.*" and
+    # "net.*"; the home (this daemon for an app at home, the home's daemon over the home link for one away)
+    # carries them out.
+    IO = 15  # runner -> daemon: {"id", "op", ...args} + data: a call; the runner waits for (or collects) its reply
+    IO_REPLY = 16  # daemon -> runner: {"id", ...result} or {"id", "errno", "error"} + data
+    EVENT = 17  # daemon -> runner: {"session", "seq", "type", ...} + data: input or a network event, in order
+    ACK = 18  # runner -> daemon: {"session", "seq"}: every event up to seq was handled
+    OUT = 19  # runner -> daemon: {"out", "op", ...args} + data: a network send or close, no reply
+    OUT_ACK = 20  # daemon -> runner: {"out"}: the home applied every OUT up to this number
 
 
 class FrameError(ValueError):
@@ -73,6 +93,22 @@ class Frame:
             raise FrameError(f"{self.kind.name} frame does not hold a JSON object")
         return value
 
+    def io(self) -> tuple[dict[str, Any], bytes]:
+        """Decode an ``encode_io`` payload: its JSON header and its bytes."""
+        if len(self.payload) < _IO_HEADER.size:
+            raise FrameError(f"{self.kind.name} frame is too short")
+        (length,) = _IO_HEADER.unpack_from(self.payload)
+        end = _IO_HEADER.size + length
+        if end > len(self.payload):
+            raise FrameError(f"{self.kind.name} frame's header runs past its end")
+        try:
+            header = json.loads(self.payload[_IO_HEADER.size : end])
+        except ValueError:
+            raise FrameError(f"{self.kind.name} frame's header is not JSON") from None
+        if not isinstance(header, dict):
+            raise FrameError(f"{self.kind.name} frame's header is not a JSON object")
+        return header, self.payload[end:]
+
     def text(self) -> str:
         """Decode a UTF-8 payload."""
         return self.payload.decode("utf-8", errors="replace")
@@ -88,6 +124,18 @@ def encode(kind: Kind, payload: bytes = b"") -> bytes:
 def encode_json(kind: Kind, value: dict[str, Any]) -> bytes:
     """Encode one frame with a JSON object payload."""
     return encode(kind, json.dumps(value, separators=(",", ":")).encode())
+
+
+def encode_io(kind: Kind, header: dict[str, Any], data: bytes = b"") -> bytes:
+    """Encode one frame whose payload is a JSON header and raw bytes."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return encode(kind, _IO_HEADER.pack(len(head)) + head + data)
+
+
+def io_payload(header: dict[str, Any], data: bytes = b"") -> bytes:
+    """The payload ``encode_io`` would frame (the home link carries payloads without the frame header)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _IO_HEADER.pack(len(head)) + head + data
 
 
 class FrameDecoder:
