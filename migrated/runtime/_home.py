@@ -129,7 +129,7 @@ class Home:
         applied = int(reply.get("out", 0))
         self.out = max(self.out, applied)  # a copy restored from an older version numbers on after the home
         self.acknowledged(applied)
-        for header, data in sorted(self.outbox.items()):
+        for _, (header, data) in sorted(self.outbox.items()):
             self.link.send_raw(_wire.encode_io(_wire.Kind.OUT, header, data))
         return reply
 
