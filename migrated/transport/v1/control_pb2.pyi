@@ -92,6 +92,7 @@ class AppInfo(_message.Message):
     RESTART_FIELD_NUMBER: _builtins.int
     RESTARTS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    FILES_HOME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___AppState.ValueType
     kind: Global___AppKind.ValueType
@@ -123,6 +124,8 @@ class AppInfo(_message.Message):
     """times the daemon brought it back after a crash"""
     epoch: _builtins.int
     """grows with every hand-off between hosts"""
+    files_home: _builtins.str
+    """the host that serves its files (its home unless a rehome left them behind)"""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -149,10 +152,11 @@ class AppInfo(_message.Message):
         restart: _builtins.str = ...,
         restarts: _builtins.int = ...,
         epoch: _builtins.int = ...,
+        files_home: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_class", b"app_class", "args", b"args", "autosave", b"autosave", "console_seq", b"console_seq", "cwd", b"cwd", "ended_at", b"ended_at", "epoch", b"epoch", "exit_code", b"exit_code", "file", b"file", "home", b"home", "host", b"host", "keep", b"keep", "kind", b"kind", "name", b"name", "pid", b"pid", "reason", b"reason", "restart", b"restart", "restarts", b"restarts", "started_at", b"started_at", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_class", b"app_class", "args", b"args", "autosave", b"autosave", "console_seq", b"console_seq", "cwd", b"cwd", "ended_at", b"ended_at", "epoch", b"epoch", "exit_code", b"exit_code", "file", b"file", "files_home", b"files_home", "home", b"home", "host", b"host", "keep", b"keep", "kind", b"kind", "name", b"name", "pid", b"pid", "reason", b"reason", "restart", b"restart", "restarts", b"restarts", "started_at", b"started_at", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -493,19 +497,53 @@ class EvacuateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TO_FIELD_NUMBER: _builtins.int
+    REHOME_FIELD_NUMBER: _builtins.int
+    MOVE_FILES_FIELD_NUMBER: _builtins.int
     to: _builtins.str
+    rehome: _builtins.bool
+    """hand each app's home to `to` as well"""
+    move_files: _builtins.bool
+    """with rehome: `to` serves their files too"""
     def __init__(
         self,
         *,
         to: _builtins.str = ...,
+        rehome: _builtins.bool = ...,
+        move_files: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["move_files", b"move_files", "rehome", b"rehome", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvacuateRequest: _TypeAlias = EvacuateRequest  # noqa: Y015
+
+@_typing.final
+class RehomeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    MOVE_FILES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    host: _builtins.str
+    move_files: _builtins.bool
+    """the new home serves the app's files (else they stay proxied to this host)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        host: _builtins.str = ...,
+        move_files: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "move_files", b"move_files", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RehomeRequest: _TypeAlias = RehomeRequest  # noqa: Y015
 
 @_typing.final
 class EvacuateReport(_message.Message):

@@ -169,6 +169,11 @@ class ControlStub:
                 request_serializer=migrated_dot_v1_dot_control__pb2.EvacuateRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_control__pb2.EvacuateReport.FromString,
                 _registered_method=True)
+        self.Rehome = channel.unary_unary(
+                '/migrated.v1.Control/Rehome',
+                request_serializer=migrated_dot_v1_dot_control__pb2.RehomeRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -336,6 +341,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rehome(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -473,6 +484,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Evacuate,
                     request_deserializer=migrated_dot_v1_dot_control__pb2.EvacuateRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_control__pb2.EvacuateReport.SerializeToString,
+            ),
+            'Rehome': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rehome,
+                    request_deserializer=migrated_dot_v1_dot_control__pb2.RehomeRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.AppInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1204,6 +1220,33 @@ class Control:
             '/migrated.v1.Control/Evacuate',
             migrated_dot_v1_dot_control__pb2.EvacuateRequest.SerializeToString,
             migrated_dot_v1_dot_control__pb2.EvacuateReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rehome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Control/Rehome',
+            migrated_dot_v1_dot_control__pb2.RehomeRequest.SerializeToString,
+            migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
             options,
             channel_credentials,
             insecure,

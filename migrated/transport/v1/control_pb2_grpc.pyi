@@ -58,6 +58,7 @@ class ControlStub:
     PingPeer: _grpc.UnaryUnaryMultiCallable[_control_pb2.PingPeerRequest, _control_pb2.PingPeerReply]
     Move: _grpc.UnaryStreamMultiCallable[_control_pb2.MoveRequest, _control_pb2.MoveProgress]
     Evacuate: _grpc.UnaryStreamMultiCallable[_control_pb2.EvacuateRequest, _control_pb2.EvacuateReport]
+    Rehome: _grpc.UnaryUnaryMultiCallable[_control_pb2.RehomeRequest, _control_pb2.AppInfo]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -89,6 +90,7 @@ class ControlAsyncStub(ControlStub):
     PingPeer: _aio.UnaryUnaryMultiCallable[_control_pb2.PingPeerRequest, _control_pb2.PingPeerReply]  # type: ignore[assignment]
     Move: _aio.UnaryStreamMultiCallable[_control_pb2.MoveRequest, _control_pb2.MoveProgress]  # type: ignore[assignment]
     Evacuate: _aio.UnaryStreamMultiCallable[_control_pb2.EvacuateRequest, _control_pb2.EvacuateReport]  # type: ignore[assignment]
+    Rehome: _aio.UnaryUnaryMultiCallable[_control_pb2.RehomeRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -279,5 +281,12 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.EvacuateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.EvacuateReport], _abc.AsyncIterator[_control_pb2.EvacuateReport]]: ...
+
+    @_abc_1.abstractmethod
+    def Rehome(
+        self,
+        request: _control_pb2.RehomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AppInfo, _abc.Awaitable[_control_pb2.AppInfo]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

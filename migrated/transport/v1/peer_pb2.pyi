@@ -699,3 +699,177 @@ class ConsoleAppendReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsoleAppendReply: _TypeAlias = ConsoleAppendReply  # noqa: Y015
+
+@_typing.final
+class IoFrame(_message.Message):
+    """Home I/O of an app that runs on the caller while this host is its home: the runner's frames (see
+    migrated/runtime/_wire.py: IO, OUT and ACK up; IO_REPLY, EVENT and OUT_ACK down), relayed as they are.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    kind: _builtins.int
+    """a runner frame kind"""
+    payload: _builtins.bytes
+    """its payload: a JSON header and bytes"""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IoFrame: _TypeAlias = IoFrame  # noqa: Y015
+
+@_typing.final
+class LinkUp(_message.Message):
+    """The first message names the app and the epoch of the caller's copy; the home refuses a stale one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    CURSOR_SESSION_FIELD_NUMBER: _builtins.int
+    CURSOR_SEQ_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    epoch: _builtins.int
+    resumed: _builtins.bool
+    """the runner has told the home its cursor already (a reconnection)"""
+    cursor_session: _builtins.str
+    """and the last event it handled"""
+    cursor_seq: _builtins.int
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___IoFrame]: ...
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        resumed: _builtins.bool = ...,
+        cursor_session: _builtins.str = ...,
+        cursor_seq: _builtins.int = ...,
+        frames: _abc.Iterable[Global___IoFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "cursor_seq", b"cursor_seq", "cursor_session", b"cursor_session", "epoch", b"epoch", "frames", b"frames", "resumed", b"resumed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkUp: _TypeAlias = LinkUp  # noqa: Y015
+
+@_typing.final
+class LinkDown(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___IoFrame]: ...
+    def __init__(
+        self,
+        *,
+        frames: _abc.Iterable[Global___IoFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames", b"frames"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkDown: _TypeAlias = LinkDown  # noqa: Y015
+
+@_typing.final
+class TakeHomeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    CWD_FIELD_NUMBER: _builtins.int
+    FILES_HOME_FIELD_NUMBER: _builtins.int
+    FILES_HOME_NAME_FIELD_NUMBER: _builtins.int
+    CONSOLE_FIELD_NUMBER: _builtins.int
+    LISTENERS_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    epoch: _builtins.int
+    files: _builtins.bool
+    """the new home serves the app's files too (else they stay with the old home)"""
+    cwd: _builtins.str
+    """the app's working directory at its home"""
+    files_home: _builtins.str
+    """device id of the host that serves its files"""
+    files_home_name: _builtins.str
+    @_builtins.property
+    def console(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """the last console lines kept at the old home"""
+
+    @_builtins.property
+    def listeners(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListenerSpec]: ...
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        files: _builtins.bool = ...,
+        cwd: _builtins.str = ...,
+        files_home: _builtins.str = ...,
+        files_home_name: _builtins.str = ...,
+        console: _abc.Iterable[_builtins.bytes] | None = ...,
+        listeners: _abc.Iterable[Global___ListenerSpec] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "console", b"console", "cwd", b"cwd", "epoch", b"epoch", "files", b"files", "files_home", b"files_home", "files_home_name", b"files_home_name", "listeners", b"listeners"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakeHomeRequest: _TypeAlias = TakeHomeRequest  # noqa: Y015
+
+@_typing.final
+class ListenerSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    port: _builtins.int
+    host: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        port: _builtins.int = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "id", b"id", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListenerSpec: _TypeAlias = ListenerSpec  # noqa: Y015
+
+@_typing.final
+class TakeHomeReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakeHomeReply: _TypeAlias = TakeHomeReply  # noqa: Y015

@@ -203,6 +203,16 @@ class PeerStub:
                 request_serializer=migrated_dot_v1_dot_peer__pb2.CloseAwayRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_peer__pb2.CloseAwayReply.FromString,
                 _registered_method=True)
+        self.HomeLink = channel.stream_stream(
+                '/migrated.v1.Peer/HomeLink',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.LinkUp.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.LinkDown.FromString,
+                _registered_method=True)
+        self.TakeHome = channel.unary_unary(
+                '/migrated.v1.Peer/TakeHome',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.TakeHomeRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.TakeHomeReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -269,6 +279,18 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HomeLink(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TakeHome(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -321,6 +343,16 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.CloseAway,
                     request_deserializer=migrated_dot_v1_dot_peer__pb2.CloseAwayRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_peer__pb2.CloseAwayReply.SerializeToString,
+            ),
+            'HomeLink': grpc.stream_stream_rpc_method_handler(
+                    servicer.HomeLink,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.LinkUp.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.LinkDown.SerializeToString,
+            ),
+            'TakeHome': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakeHome,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.TakeHomeRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.TakeHomeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -594,6 +626,60 @@ class Peer:
             '/migrated.v1.Peer/CloseAway',
             migrated_dot_v1_dot_peer__pb2.CloseAwayRequest.SerializeToString,
             migrated_dot_v1_dot_peer__pb2.CloseAwayReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HomeLink(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/migrated.v1.Peer/HomeLink',
+            migrated_dot_v1_dot_peer__pb2.LinkUp.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.LinkDown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeHome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrated.v1.Peer/TakeHome',
+            migrated_dot_v1_dot_peer__pb2.TakeHomeRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.TakeHomeReply.FromString,
             options,
             channel_credentials,
             insecure,
