@@ -14,12 +14,14 @@ import types
 from typing import Any
 
 __all__ = [
+    "closed_file",
     "make_app",
     "make_cell",
     "make_function",
     "make_memoryview",
     "make_view",
     "memory",
+    "reopen_file",
     "set_app_state",
     "set_cell",
 ]
@@ -75,3 +77,32 @@ def make_cell() -> types.CellType:
 def set_cell(cell: types.CellType, state: tuple[Any]) -> None:
     """Fill a closure cell."""
     cell.cell_contents = state[0]
+
+
+def reopen_file(
+    path: str | bytes,
+    mode: str,
+    position: int,
+    encoding: str | None,
+    errors: str | None,
+    newline: str | None,
+    buffering: int = -1,
+) -> Any:
+    """An open file again: ``path`` (absolute, at the app's home) in ``mode``, never truncated, at ``position``
+    (a text file's ``tell`` cookie). One that cannot be reopened comes back closed, with a warning."""
+    from migrated.runtime import _files
+
+    try:
+        return _files.reopen(path, mode, position, encoding, errors, newline, buffering)
+    except OSError as exc:
+        import warnings
+
+        warnings.warn(f"the app's file {path!r} could not be reopened ({exc}); it is closed", stacklevel=2)
+        return _files.closed_file(path, mode, "b" not in mode)
+
+
+def closed_file(name: Any, mode: str, text: bool) -> Any:
+    """A file that was closed when saved: closed again, with its name and mode."""
+    from migrated.runtime import _files
+
+    return _files.closed_file(name, mode, text)

@@ -9,8 +9,11 @@ builtin container or scalar, so the per-type decision is cached.
 from __future__ import annotations
 
 import _thread
+import io
 import marshal
+import os
 import pickle
+import stat
 import sys
 import threading
 import types
@@ -111,6 +114,8 @@ def _reducer_for(cls: type) -> _Reducer | None:
     special = _SPECIAL.get(cls)
     if special is not None:
         return special
+    if getattr(cls, "_migrated_reopen", False) is True:  # a file open at the app's home (runtime._files)
+        return _reduce_file
     if _is_ndarray(cls):
         return _reduce_ndarray
     for base in cls.__mro__:
@@ -238,6 +243,62 @@ def _reduce_rlock(reductions: Reductions, lock: Any) -> Any:
     return (threading.RLock, ())
 
 
+_STD_NAMES = frozenset({"<stdin>", "<stdout>", "<stderr>"})
+
+
+def _reduce_file(reductions: Reductions, file: Any) -> Any:
+    """An open file on a regular file comes back open on the same path (absolute, at the app's home), in the
+    same mode, at the same position; a closed one comes back closed. Pipes, sockets, the standard streams and
+    files in memory are refused."""
+    text = isinstance(file, io.TextIOWrapper)
+    raw = _raw_of(file)
+    name = getattr(raw, "name", None)
+    mode = _file_mode(file, raw, text)
+    if file.closed:
+        return (_rebuild.closed_file, (name if isinstance(name, str | bytes) else None, mode, text))
+    path = _reopen_path(raw, name)
+    if path is None:
+        raise Refused(file, "an open file", "reopen it")
+    try:
+        file.flush()
+        position = file.tell()
+    except OSError as exc:  # a text file read with next() cannot tell its position
+        raise Refused(file, f"an open file whose position cannot be told ({exc})", "reopen it") from None
+    buffering = 0 if raw is file else 1 if text and file.line_buffering else -1
+    encoding, errors = (file.encoding, file.errors) if text else (None, None)
+    newline = getattr(file, "_migrated_newline", None)
+    args = (path, mode, position, encoding, errors, newline)
+    return (_rebuild.reopen_file, (*args, buffering) if buffering != -1 else args)
+
+
+def _raw_of(file: Any) -> Any:
+    """The raw file under a text or buffered file (itself for a raw one)."""
+    inner = file.buffer if isinstance(file, io.TextIOWrapper) else file
+    return getattr(inner, "raw", inner)
+
+
+def _file_mode(file: Any, raw: Any, text: bool) -> str:
+    """The mode to reopen with: what ``open`` was given for a text file, the raw file's for a binary one."""
+    raw_mode = getattr(raw, "mode", "rb")
+    raw_mode = raw_mode if isinstance(raw_mode, str) else "rb"
+    if not text:
+        return raw_mode
+    mode = getattr(file, "mode", None)
+    return mode if isinstance(mode, str) else raw_mode.replace("b", "")
+
+
+def _reopen_path(raw: Any, name: object) -> str | bytes | None:
+    """The absolute path at home of a regular file to reopen, or ``None`` when it is no such file."""
+    home_path = getattr(raw, "home_path", None)
+    if getattr(type(raw), "_migrated_reopen", False) is True and isinstance(home_path, str):
+        return home_path if getattr(raw, "regular", False) else None
+    if type(raw) is not io.FileIO or not isinstance(name, str | bytes) or name in _STD_NAMES:
+        return None
+    if not raw.closefd or not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+        return None
+    return os.path.abspath(name)
+
+
 _SPECIAL: dict[type, _Reducer] = {
     _Root: _reduce_root,
     memoryview: _reduce_memoryview,
@@ -245,4 +306,9 @@ _SPECIAL: dict[type, _Reducer] = {
     types.FunctionType: _reduce_function,
     _thread.LockType: _reduce_lock,
     type(threading.RLock()): _reduce_rlock,
+    io.TextIOWrapper: _reduce_file,
+    io.BufferedReader: _reduce_file,
+    io.BufferedWriter: _reduce_file,
+    io.BufferedRandom: _reduce_file,
+    io.FileIO: _reduce_file,
 }

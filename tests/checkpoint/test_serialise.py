@@ -10,6 +10,7 @@ import enum
 import fractions
 import functools
 import io
+import os
 import queue
 import socket
 import sqlite3
@@ -284,7 +285,7 @@ def test_capture_leaves_out_transient_and_keeps_the_app_itself() -> None:
             "self.extra is a thread (threading.Thread); list it in transient and start it again",
         ),
         (lambda: socket.socket(), "self.extra is a socket (socket.socket); list it in transient and reopen it"),
-        (lambda: open(__file__), "self.extra is an open file (io.TextIOWrapper); list it in transient and reopen it"),  # noqa: SIM115
+        (lambda: open(os.devnull), "self.extra is an open file (io.TextIOWrapper); list it in transient and reopen it"),  # noqa: SIM115
         (
             lambda: (i for i in range(3)),
             "self.extra is a generator, which cannot be saved (TypeError: cannot pickle 'generator' object); "
