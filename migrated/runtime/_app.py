@@ -6,6 +6,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at every runner start
     from typing import ClassVar, NoReturn
 
+    from migrated.runtime._net import Conn
+
 __all__ = ["App"]
 
 
@@ -19,6 +21,8 @@ class App:
     - ``step()``: called again and again; returns the delay in seconds before the next call, or ``None`` to
       stop stepping (the app stays alive for its other events).
     - ``on_input(line)``: a line typed in ``mig attach`` or sent with ``mig send``.
+    - ``on_accept(conn)``, ``on_data(conn, data)``, ``on_close(conn)``: network events of the connections
+      opened with ``migrated.net`` (their sockets stay on the home host, so they survive moves).
     - ``on_restore()``: after any thaw; reopen what cannot be saved.
     - ``on_stop()``: the app is being stopped (``mig kill``, ``self.exit``, daemon shutdown).
 
@@ -38,6 +42,15 @@ class App:
 
     def on_input(self, line: str) -> None:
         """Handle one line of input."""
+
+    def on_accept(self, conn: Conn) -> None:
+        """Handle a new connection to one of the app's listeners."""
+
+    def on_data(self, conn: Conn, data: bytes) -> None:
+        """Handle bytes received on a connection."""
+
+    def on_close(self, conn: Conn) -> None:
+        """Handle the end of a connection by its peer or its loss (not one the app closed itself)."""
 
     def on_restore(self) -> None:
         """Reopen what could not be saved, after a restore or a move."""
