@@ -218,14 +218,35 @@ def move(ctx: Context, name: str, host: str, stop_and_copy: bool) -> None:
     )
 
 
+_FILES = click.Choice(["stay", "move"])
+_FILES_HELP = "Where the app's files are served from then: this host (stay), or the new home (move)."
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("host")
+@click.option("--files", type=_FILES, default="stay", show_default=True, help=_FILES_HELP)
+@pass_ctx
+def rehome(ctx: Context, name: str, host: str, files: str) -> None:
+    """Hand NAME's home (console, sockets, input) to HOST, and move it there; its files stay here unless moved."""
+    reply = ctx.daemon.call(
+        ctx.daemon.stub.Rehome, pb.RehomeRequest(name=name, host=host, move_files=files == "move"), timeout=3600
+    )
+    served = "this host" if files == "stay" else host
+    click.echo(f"{name}'s home is {reply.home} now ({_render.state_name(reply.state)} there); its files: {served}")
+
+
 @cli.command()
 @click.option("--to", "to", metavar="HOST", required=True, help="The paired host to move every app to.")
+@click.option("--rehome", is_flag=True, help="Hand each app's home to HOST too, so this host can go away.")
+@click.option("--files", type=_FILES, default="stay", show_default=True, help="With --rehome: " + _FILES_HELP)
 @pass_ctx
-def evacuate(ctx: Context, to: str) -> None:
+def evacuate(ctx: Context, to: str, rehome: bool, files: str) -> None:
     """Move every app running here to HOST, one after the other; one that fails stays and runs here."""
     failed = 0
+    request = pb.EvacuateRequest(to=to, rehome=rehome, move_files=rehome and files == "move")
     try:
-        for report in ctx.daemon.stub.Evacuate(pb.EvacuateRequest(to=to)):
+        for report in ctx.daemon.stub.Evacuate(request):
             if report.moved:
                 click.echo(report.message)
             else:

@@ -43,6 +43,7 @@ def app_json(app: pb.AppInfo) -> dict[str, Any]:
         "host": app.host,
         "epoch": app.epoch,
         "home": app.home,
+        "files_home": app.files_home or app.home,
         "version": app.version or None,
         "pid": app.pid or None,
         "file": app.file or None,

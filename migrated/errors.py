@@ -15,6 +15,7 @@ not import grpc) and the exit code of the ``mig`` command line::
     ├── AppNotFoundError          NOT_FOUND            3
     ├── AppExistsError            ALREADY_EXISTS       4
     ├── AppStateError             FAILED_PRECONDITION  5   the app is not in a state that allows this
+    │   └── StaleCopyError        FAILED_PRECONDITION  5   a newer copy of the app runs: this one must stop
     ├── DaemonError               UNAVAILABLE          6
     │   └── DaemonNotRunningError UNAVAILABLE          6   no daemon answers on the socket
     ├── StateDirError             FAILED_PRECONDITION  7   the state directory cannot be used
@@ -52,6 +53,7 @@ __all__ = [
     "MigError",
     "NotAnAppError",
     "RunnerError",
+    "StaleCopyError",
     "StateDirError",
     "UsageError",
     "error_class",
@@ -114,6 +116,10 @@ class AppStateError(MigError):
 
     grpc_status = "FAILED_PRECONDITION"
     exit_code = 5
+
+
+class StaleCopyError(AppStateError):
+    """The home knows a newer epoch of the app: the copy that asked must stop."""
 
 
 class DaemonError(MigError):

@@ -299,13 +299,17 @@ class BedDaemon:
         """The daemon's environment (a subclass may add to it)."""
         return _daemon_env(self.dir)
 
+    def _command(self, argv: list[str]) -> list[str]:
+        """The daemon's command line (a subclass may wrap it, e.g. in a mount namespace of its own)."""
+        return argv
+
     def _spawn(self) -> None:
         argv = [MIGRATED, "--dir", str(self.dir), "--name", self.host.name, "--listen", self.address]
         read_fd, write_fd = os.pipe()
         try:
             with open(self.log, "ab") as log:
                 self.proc = self.host.popen(
-                    [*argv, "--ready-fd", str(write_fd), *self.args],
+                    self._command([*argv, "--ready-fd", str(write_fd), *self.args]),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migrated.checkpoint import Kind, Store, VersionInfo, parse_policy
 from migrated.daemon._console import Console
@@ -28,6 +28,9 @@ from migrated.errors import (
     UsageError,
 )
 
+if TYPE_CHECKING:
+    from migrated.daemon._home import HomeIO
+
 __all__ = ["AppRecord", "AppSpec", "AppTable", "State"]
 
 log = logging.getLogger("migrated.daemon")
@@ -37,7 +40,7 @@ STOP_GRACE = 5.0
 CRASH_WINDOW = 60.0  # crashes this close together count towards giving up
 MAX_CRASHES = 5
 RESTART_POLICIES = ("on-crash", "never")
-_PLACE = ("epoch", "host", "host_device", "home", "home_device")
+_PLACE = ("epoch", "host", "host_device", "home", "home_device", "files_home", "files_home_name")
 
 
 class State(enum.Enum):
@@ -65,6 +68,7 @@ class AppSpec:
     autosave: float = 0.0  # seconds between autosaves; 0: none
     keep: str = ""  # retention policy of autosaves; empty: keep all
     restart: str = "on-crash"  # or "never"
+    home_cwd: str = ""  # its working directory at home, when this host runs it from another folder
 
 
 @dataclass(eq=False)
@@ -89,6 +93,8 @@ class AppRecord:
     host_device: str = ""
     home: str = ""  # its home when that is another host ("" here)
     home_device: str = ""
+    files_home: str = ""  # device id of the host that serves its files when its home does not ("": the home)
+    files_home_name: str = ""
     moving: bool = False
     remote_pid: int = 0  # the runner's pid on ``host``
     console_applied: int = 0  # while AWAY: the last console line of the remote copy applied here
@@ -117,6 +123,11 @@ class AppRecord:
         """Where it runs and where its home is, as kept across restarts."""
         return {key: getattr(self, key) for key in _PLACE}
 
+    @property
+    def files_away(self) -> bool:
+        """Whether its files resolve anywhere but in its runner's own working directory (proxied then)."""
+        return bool(self.home_device or self.files_home) or self.spec.home_cwd not in ("", self.spec.cwd)
+
     def not_here(self) -> str:
         """Why this host cannot act on the app itself ("" when it can)."""
         if self.state is State.AWAY:
@@ -140,6 +151,7 @@ class AppTable:
         shutil.rmtree(self._console_dir, ignore_errors=True)  # consoles of apps from an earlier daemon run
         self._console_lines = console_lines
         self._console_bytes = console_bytes
+        self.io: HomeIO | None = None  # home I/O, set once the daemon has its peers
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._apps.values()))
@@ -209,17 +221,23 @@ class AppTable:
         """Start a runner for ``record`` and load (or thaw) the app in it; return what the runner reported."""
         record.state = State.STARTING
         record.runner = None
+        record.ended = asyncio.Event()  # a stop waits for this run, not for the end of the one before
         try:
             record.runner = await Runner.spawn(record.spec.cwd)
-            loaded = await record.runner.load(load, record.console)
-        except BaseException:
+            home_io = self.io.attach(record, record.runner) if self.io is not None else None
+            home = {"cwd": record.spec.home_cwd or record.spec.cwd, "away": record.files_away}
+            load = {**load, "home": {**home, "local": [str(self._code_dir.parent)]}}
+            loaded = await record.runner.load(load, record.console, home_io)
+        except BaseException as exc:
             if record.runner is not None:
                 record.runner.kill()  # also when the request was cancelled mid-load
+            record.state, record.ended_at = State.CRASHED, time.time()
+            record.reason = f"it did not start: {exc.message if isinstance(exc, MigError) else type(exc).__name__}"
+            record.ended.set()
             raise
         record.app_class = str(loaded.get("app_class", ""))
         record.state = State.RUNNING
         record.started_at = time.time()
-        record.ended = asyncio.Event()
         record.stop_reason = record.reason = ""
         record.closing = False
         for note in loaded.get("damaged", []):
@@ -266,6 +284,8 @@ class AppTable:
         if record.autosave_task is not None:
             record.autosave_task.cancel()
             record.autosave_task = None
+        if self.io is not None:
+            await self.io.ended(record)
         recover = record.state is State.CRASHED and record.spec.restart == "on-crash" and not record.stop_reason
         recover = recover and self._apps.get(record.name) is record
         why_not = self._why_not_recover(record) if recover else ""
@@ -353,17 +373,23 @@ class AppTable:
         self._apps.pop(name, None)
         record.console.destroy()
         self._specs.delete(name)
+        if self.io is not None:
+            await self.io.closed(name)
         await asyncio.to_thread(self.store.remove_app, name)
 
     async def send(self, name: str, text: str) -> None:
-        """Deliver each line of ``text`` to the app's ``on_input``."""
+        """Deliver each line of ``text`` to the app's ``on_input``, wherever it runs (its home keeps the lines
+        until the app has them, across moves)."""
         record = self.get(name)
-        if record.state is State.AWAY:
-            raise AppStateError(f"{record.not_here()}; input to a moved app comes with home I/O, not yet")
-        if record.state is not State.RUNNING or record.runner is None:
+        if record.home_device:
+            raise AppStateError(f"{name!r} takes its input at its home {record.home}; mig send it there")
+        if record.state not in (State.RUNNING, State.AWAY, State.STARTING):
             raise AppStateError(f"{name!r} is not running (it {record.state.value}); it cannot take input")
-        for line in text.splitlines() or [""]:
-            await record.runner.send_input(line)
+        if self.io is not None:
+            self.io.input(record, text)
+        elif record.runner is not None:
+            for line in text.splitlines() or [""]:
+                await record.runner.send_input(line)
 
     async def checkpoint(self, name: str, kind: str = "manual", message: str = "") -> tuple[VersionInfo, Captured]:
         """Capture a running app between two events and store it as a new version; the app keeps running."""
@@ -495,15 +521,31 @@ class AppTable:
         self.save(record, State.CLOSED)
         return record
 
-    async def adopt(self, spec: AppSpec, version: int, epoch: int, home: str, home_device: str) -> AppRecord:
-        """Run an app that moved here, from ``version`` (already in the store), at ``epoch``."""
+    async def adopt(
+        self,
+        spec: AppSpec,
+        version: int,
+        epoch: int,
+        home: str,
+        home_device: str,
+        files_home: tuple[str, str] = ("", ""),
+        console: list[bytes] | None = None,
+    ) -> AppRecord:
+        """Run an app that moved here, from ``version`` (already in the store), at ``epoch``. ``files_home``
+        (device id, name) serves its files when its home does not; ``console`` starts the log of an app whose
+        home moves here."""
         record = self._apps.get(spec.name)
         if record is None:
             record = AppRecord(spec, self._new_console(spec.name))
             self._apps[spec.name] = record
         else:
             record.console.reopen()
+        if console:
+            for line in console:
+                await record.console.write(line)
+            await record.console.note(f"{spec.name}'s home moved here; the lines above are from its old home")
         record.epoch, record.home, record.home_device = epoch, home, home_device
+        record.files_home, record.files_home_name = files_home
         record.host = record.host_device = ""
         record.remote_pid = 0
         record.version = version

@@ -76,6 +76,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             restart=spec.restart,
             restarts=record.restarts,
             epoch=record.epoch,
+            files_home=record.files_home_name or record.home or self.host,
         )
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
@@ -243,8 +244,25 @@ class ControlService(control_pb2_grpc.ControlServicer):
         yield pb.MoveProgress(phase="done", app=info)
 
     async def Evacuate(self, request: pb.EvacuateRequest, context: Context) -> AsyncIterator[pb.EvacuateReport]:
-        async for name, moved, message, downtime in self.moves.evacuate(request.to):
+        async for name, moved, message, downtime in self.moves.evacuate(
+            request.to, rehome=request.rehome, move_files=request.move_files
+        ):
             yield pb.EvacuateReport(app=name, moved=moved, message=message, downtime=downtime)
+
+    async def Rehome(self, request: pb.RehomeRequest, context: Context) -> pb.AppInfo:
+        record = self.apps.get(request.name)
+        if record.running:
+            moved, where = await self.moves.move(
+                request.name, request.host, lambda _: None, rehome=True, move_files=request.move_files
+            )
+        else:
+            moved, where = await self.moves.move(
+                request.name, request.host, lambda _: None, closed=True, stay_closed=True, rehome=True,
+                move_files=request.move_files,
+            )  # fmt: skip
+        info = self.info(moved)
+        info.host = info.home = where
+        return info
 
     async def PingPeer(self, request: pb.PingPeerRequest, context: Context) -> pb.PingPeerReply:
         row, rtts = await self.peers.ping(request.host, request.count)

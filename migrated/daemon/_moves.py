@@ -44,6 +44,7 @@ from migrated.daemon._handoff import (
     SourceState,
     Thaw,
 )
+from migrated.daemon._home import HomeIO
 from migrated.daemon._peers import Peers
 from migrated.discovery._paired import PairedPeer
 from migrated.errors import (
@@ -52,9 +53,11 @@ from migrated.errors import (
     CheckpointError,
     MigError,
     PeerError,
+    StaleCopyError,
     StateDirError,
     UsageError,
 )
+from migrated.transport._errors import error_name
 from migrated.transport.v1 import peer_pb2 as pb
 
 __all__ = ["MoveProgress", "Moves"]
@@ -62,6 +65,7 @@ __all__ = ["MoveProgress", "Moves"]
 log = logging.getLogger("migrated.moves")
 
 BATCH_BYTES = 1 << 20  # chunk bytes per Stage message
+CONSOLE_TAIL = 10_000  # console lines an old home hands to the new one
 COMMIT_TRIES = 8  # in the foreground (about half a minute); then the commit is retried in the background
 RETRY_DELAY = 0.5
 DISK_MARGIN = 2.5  # free space the destination wants, times the state: staged chunks pass through SQLite's WAL
@@ -138,9 +142,14 @@ class Journal:
 class Moves:
     """This host's moves, as source and as destination."""
 
-    def __init__(self, apps: AppTable, peers: Peers, state_dir: Path, host: str, tasks: asyncio.TaskGroup) -> None:
+    def __init__(
+        self, apps: AppTable, peers: Peers, state_dir: Path, host: str, tasks: asyncio.TaskGroup, home_io: HomeIO
+    ) -> None:
         self.apps = apps
         self.peers = peers
+        self.home_io = home_io
+        home_io.on_stale = self._stop_stale
+        home_io.fence = self.fence
         self.store = apps.store
         self.host = host
         self.journal = Journal(state_dir / "migrations")
@@ -153,12 +162,20 @@ class Moves:
         self._forwarded_more = asyncio.Event()  # set whenever a forwarder got lines home
         self._background: set[asyncio.Task[None]] = set()
         self._closed_moves: set[str] = set()  # moves of apps that did not run: undoing one runs nothing
+        self._rehomes: dict[str, dict[str, str]] = {}  # moves that hand the home role over, by migration
+        self._arrivals: dict[str, list[bytes]] = {}  # console lines an old home sent with a prepared rehome
 
     def _spawn(self, work: Any, name: str) -> None:
         """Run ``work`` in the daemon's task group until done or until ``close``."""
         task = self._tasks.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def flush_consoles(self, within: float = 5.0) -> None:
+        """Give the consoles of visitors (closed by a shutdown) ``within`` seconds to reach their homes."""
+        forwarders = [task for task in self._forwarders.values() if not task.done()]
+        if forwarders:
+            await asyncio.wait(forwarders, timeout=within)
 
     def close(self) -> None:
         """Stop retrying and forwarding (the daemon stops); the journal says where each migration stands."""
@@ -175,14 +192,20 @@ class Moves:
         stop_and_copy: bool = False,
         closed: bool = False,
         stay_closed: bool = False,
+        rehome: bool = False,
+        move_files: bool = False,
     ) -> tuple[AppRecord, str]:
         """Move a running app to a paired peer: pre-copy, freeze, final copy, hand-off; return it and the peer.
         ``stop_and_copy`` leaves out the pre-copy (the baseline a benchmark compares against); ``closed`` moves
         an app that does not run, from its latest version, and runs it there (``mig open --on``), or, with
-        ``stay_closed``, only hands it over closed (an app closed away from home goes back home)."""
+        ``stay_closed``, only hands it over closed (an app closed away from home goes back home). ``rehome`` hands
+        the home role over with the app (its console, sockets and input); its files stay served by this host
+        unless ``move_files``."""
         record = self.apps.get(name)
         if record.not_here():
             raise AppStateError(f"{record.not_here()}; it can be moved only from the host that runs it")
+        if rehome and record.home_device:
+            raise AppStateError(f"{name!r}'s home is {record.home}; only its home can hand the home role over")
         if closed:
             if record.running:
                 raise AppStateError(f"{name!r} is running; `mig move {name} {host}` moves a running app")
@@ -196,10 +219,13 @@ class Moves:
             raise UsageError(f"{name!r} runs on {host} already")
         peer, address = self.peers.paired_target(host)
         stub = self.peers.stub(peer, address)
+        plan = self._rehome_plan(record, peer, move_files) if rehome else None
         record.moving = True
         source = Source(uuid.uuid4().hex, name, record.epoch + 1)
         if closed:
             self._closed_moves.add(source.id)
+        if plan is not None:
+            self._rehomes[source.id] = plan
         self._record_source(source, peer)
         frozen_at = 0.0
         try:
@@ -229,17 +255,7 @@ class Moves:
             report(MoveProgress("hand-off"))
             await self._flush_forwarder(record)  # a visitor's lines reach home before the next host's do
             await fault_point("source-before-prepare")
-            await stub.Prepare(
-                pb.PrepareRequest(
-                    migration=_ref(source),
-                    staged_version=staged.version,
-                    settings=_settings(record.spec),
-                    home=record.home or self.host,
-                    home_device_id=record.home_device or self.peers.identity.device_id,
-                    closed=stay_closed,
-                ),
-                timeout=60,
-            )
+            await stub.Prepare(self._prepare_request(source, record, staged.version, stay_closed), timeout=60)
         except BaseException as exc:
             await self._abort(source, record, peer, frozen_at > 0 and not closed)
             raise self._move_error(exc, name, peer) from None
@@ -258,8 +274,47 @@ class Moves:
         report(MoveProgress("done", downtime=downtime))
         return record, peer.name
 
-    async def evacuate(self, to: str) -> AsyncIterator[tuple[str, bool, str, float]]:
-        """Move every app running here to ``to``, one after the other; one that fails stays and runs here."""
+    def _prepare_request(self, source: Source, record: AppRecord, staged: int, closed: bool) -> pb.PrepareRequest:
+        plan = self._rehomes.get(source.id)
+        request = pb.PrepareRequest(
+            migration=_ref(source),
+            staged_version=staged,
+            settings=_settings(record.spec),
+            home=record.home or self.host,
+            home_device_id=record.home_device or self.peers.identity.device_id,
+            closed=closed,
+            files_home=record.files_home,
+            files_home_name=record.files_home_name,
+        )
+        if plan is not None:
+            request.rehome = True
+            request.home, request.home_device_id = plan["home_name"], plan["home"]
+            request.files_home, request.files_home_name = plan["files_home"], plan["files_home_name"]
+            tail = record.console.log.read(record.console.log.tail_start(CONSOLE_TAIL), CONSOLE_TAIL, 4 << 20)
+            request.console.extend(data for _, data in tail.lines)
+        return request
+
+    def _rehome_plan(self, record: AppRecord, peer: PairedPeer, move_files: bool) -> dict[str, str]:
+        """Who serves the app's files once ``peer`` is its home."""
+        files = ("", "") if move_files else (record.files_home, record.files_home_name)
+        if not move_files and not record.files_home:
+            files = (self.peers.identity.device_id, self.host)  # this host goes on serving them
+        if files[0] == peer.device_id:
+            files = ("", "")
+        if files[0] and files[0] != self.peers.identity.device_id:
+            raise AppStateError(
+                f"{record.name!r}'s files are served by {record.files_home_name}; rehome it with --files move, "
+                f"or from {record.files_home_name}"
+            )
+        cwd = record.spec.home_cwd or record.spec.cwd
+        return {"home": peer.device_id, "home_name": peer.name, "files_home": files[0], "files_home_name": files[1],
+                "cwd": cwd}  # fmt: skip
+
+    async def evacuate(
+        self, to: str, rehome: bool = False, move_files: bool = False
+    ) -> AsyncIterator[tuple[str, bool, str, float]]:
+        """Move every app running here to ``to``, one after the other; one that fails stays and runs here. With
+        ``rehome`` each app's home goes with it."""
         names = sorted(r.name for r in self.apps if r.state is State.RUNNING and not r.not_here())
         for name in names:
             downtime = 0.0
@@ -269,7 +324,7 @@ class Moves:
                 downtime = update.downtime or downtime
 
             try:
-                _, where = await self.move(name, to, keep)
+                _, where = await self.move(name, to, keep, rehome=rehome, move_files=move_files)
             except MigError as exc:
                 yield name, False, exc.message, 0.0
                 continue
@@ -378,13 +433,27 @@ class Moves:
             runner.kill()
             await record.ended.wait()
         record.epoch = source.epoch
-        if record.home_device in ("", self.peers.identity.device_id):
+        plan = self._rehomes.pop(source.id, None) or self._journal_rehome(source.id)
+        if plan is not None:
+            await self._hand_home_over(record, plan)
+        elif record.home_device in ("", self.peers.identity.device_id):
             self._mark_away(record, peer, pid)
             record.console.reopen()
             await record.console.note(f"{record.name} moved to {peer.name} (epoch {record.epoch})")
         else:
             self.apps.forget(record.name)  # a visitor leaves; its versions stay for the next move here
         record.moving = False
+
+    def _journal_rehome(self, migration: str) -> dict[str, str] | None:
+        entry = self.journal.get("source", migration)
+        return entry.get("rehome") if entry else None
+
+    async def _hand_home_over(self, record: AppRecord, plan: dict[str, str]) -> None:
+        """The app and its home went to another host: its sockets close here; its files may stay served here."""
+        if plan["files_home"] == self.peers.identity.device_id:
+            self.home_io.grant_files(record.name, plan["home"], plan["cwd"])
+        await self.home_io.closed(record.name)
+        self.apps.forget(record.name)
 
     def _mark_away(self, record: AppRecord, peer: PairedPeer, pid: int) -> None:
         record.state, record.host, record.host_device, record.remote_pid = State.AWAY, peer.name, peer.device_id, pid
@@ -403,9 +472,11 @@ class Moves:
 
     def _record_source(self, source: Source, peer: PairedPeer, resume: bool = True) -> None:
         resume = resume and source.id not in self._closed_moves
+        rehome = self._rehomes.get(source.id) or self._journal_rehome(source.id)
         self.journal.save(
             {"role": "source", "id": source.id, "app": source.app, "epoch": source.epoch,
-             "state": source.state.value, "version": source.version, "peer": peer.device_id, "resume": resume}
+             "state": source.state.value, "version": source.version, "peer": peer.device_id, "resume": resume,
+             "rehome": rehome}
         )  # fmt: skip
 
     def _carry_source(self, source: Source, actions: list[Action], peer: PairedPeer) -> Source:
@@ -495,13 +566,16 @@ class Moves:
                     {"role": "destination", "id": ref.id, "app": ref.app, "epoch": ref.epoch,
                      "state": dest.state.value if dest.state else "", "staged_version": request.staged_version,
                      "source": caller.device_id, "source_name": caller.name, "home": request.home,
-                     "home_device": request.home_device_id, "closed": request.closed,
+                     "home_device": request.home_device_id, "closed": request.closed, "rehome": request.rehome,
+                     "files_home": request.files_home, "files_home_name": request.files_home_name,
                      "settings": {"kind": settings.kind, "app_class": settings.app_class,
                                   "args": list(settings.args), "autosave": settings.autosave,
                                   "keep": settings.keep, "restart": settings.restart, "cwd": settings.cwd}}
                 )  # fmt: skip
             elif isinstance(action, Refuse):
                 raise AppStateError(action.reason)
+        if request.rehome:
+            self._arrivals[ref.id] = list(request.console)
         await fault_point("destination-prepared")
 
     async def commit(self, request: pb.CommitRequest) -> int:
@@ -573,16 +647,24 @@ class Moves:
                 autosave=settings["autosave"],
                 keep=settings["keep"],
                 restart=settings["restart"],
+                home_cwd=settings["cwd"],
             )
         home_here = entry["home_device"] == self.peers.identity.device_id
         if entry.get("closed"):
+            await self.home_io.closed(name)
             return self.apps.adopt_closed(spec, loaded.info.version, entry["epoch"])
+        files_home = (entry.get("files_home", ""), entry.get("files_home_name", ""))
+        if files_home[0] == self.peers.identity.device_id:
+            files_home = ("", "")  # its files come home with it
+            self.home_io.revoke_files(name)
         record = await self.apps.adopt(
             spec,
             loaded.info.version,
             epoch=entry["epoch"],
             home="" if home_here else entry["home"],
             home_device="" if home_here else entry["home_device"],
+            files_home=files_home,
+            console=self._arrivals.pop(entry["id"], None),
         )
         if not home_here:
             self._start_forwarder(record)
@@ -629,17 +711,7 @@ class Moves:
         A higher epoch than the one on record means the app moved on (to the caller): the record follows it. A
         lower one comes from a stale copy, which is refused and told to stop.
         """
-        record = self.apps.find(request.app)
-        if record is None or record.state is not State.AWAY:
-            raise AppStateError(f"{request.app!r} does not run away from {self.host}; stop that copy")
-        if request.epoch < record.epoch:
-            raise AppStateError(f"epoch {request.epoch} of {request.app!r} is stale (now {record.epoch}); stop it")
-        if request.epoch > record.epoch or caller.device_id != record.host_device:
-            if request.epoch == record.epoch:
-                raise AppStateError(f"{request.app!r} at epoch {request.epoch} runs on {record.host}, not here")
-            record.epoch, record.host, record.host_device = request.epoch, caller.name, caller.device_id
-            record.console_applied = 0
-            self.apps.save(record)
+        record = self.fence(request.app, request.epoch, caller)
         if request.session != record.console_session:  # the host restarted: its numbering starts anew
             record.console_session, record.console_applied = request.session, 0
         skip = record.console_applied + 1 - request.first_seq
@@ -647,6 +719,23 @@ class Moves:
             await record.console.write(line)
         record.console_applied = max(record.console_applied, request.first_seq + len(request.lines) - 1)
         return record.console_applied
+
+    def fence(self, app: str, epoch: int, caller: PairedPeer) -> AppRecord:
+        """The home's check of a copy's I/O: the app runs away from here, at ``epoch`` on ``caller``, or at a
+        newer epoch there (it moved on: the record follows). An older epoch is a stale copy, told to stop."""
+        record = self.apps.find(app)
+        handed_off = record is not None and record.moving and epoch > record.epoch  # it committed: decided
+        if record is None or (record.state is not State.AWAY and not handed_off):
+            raise AppStateError(f"{app!r} does not run away from {self.host}; stop that copy")
+        if epoch < record.epoch:
+            raise StaleCopyError(f"epoch {epoch} of {app!r} is stale (now {record.epoch}); stop it")
+        if epoch > record.epoch or caller.device_id != record.host_device:
+            if epoch == record.epoch:
+                raise AppStateError(f"{app!r} at epoch {epoch} runs on {record.host}, not here")
+            record.epoch, record.host, record.host_device = epoch, caller.name, caller.device_id
+            record.console_applied = 0
+            self.apps.save(record)
+        return record
 
     def _start_forwarder(self, record: AppRecord) -> None:
         self._stop_forwarder(record.name)
@@ -666,18 +755,22 @@ class Moves:
             read = console.log.read(since, 4096)
             if read.lines or not told:
                 first = read.lines[0][0] if read.lines else since
+                lines = [data for _, data in read.lines]
+                if read.dropped and read.lines:  # the bound was hit: say so, under a lost line's number
+                    first -= 1
+                    lines.insert(0, _lost_marker(read.dropped, self.host))
                 request = pb.ConsoleAppendRequest(
                     app=record.name,
                     epoch=record.epoch,
                     first_seq=first,
-                    lines=[data for _, data in read.lines],
+                    lines=lines,
                     session=self._session,
                 )
                 try:
                     peer, address = self.peers.paired_target(record.home_device)
                     await self.peers.stub(peer, address).ConsoleAppend(request, timeout=30)
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in (exc.details() or ""):
+                    if error_name(exc) == StaleCopyError.__name__:
                         await self._stop_stale(record, exc.details() or "")
                         return
                     await asyncio.sleep(1.0)  # the home is away: keep the lines, try again
@@ -722,7 +815,9 @@ class Moves:
             return  # an older move: the app came back (or was removed) since
         if source.state in (SourceState.HANDED_OFF, SourceState.DONE) and peer is not None:
             # Decided: the app is the destination's now; this host must never run or open it again.
-            if record.home_device in ("", self.peers.identity.device_id):
+            if entry.get("rehome"):
+                await self._hand_home_over(record, entry["rehome"])
+            elif record.home_device in ("", self.peers.identity.device_id):
                 record.epoch = source.epoch
                 self._mark_away(record, peer, 0)
             else:
@@ -773,6 +868,13 @@ class Moves:
             await asyncio.sleep(2.0)  # not decided yet
 
 
+def _lost_marker(dropped: int, host: str) -> bytes:
+    return (
+        f"[migrated] {dropped} console lines were lost: the home was unreachable and {host} keeps only "
+        "the newest lines (raise the daemon's --console-lines or --console-bytes there)\n"
+    ).encode()
+
+
 _MIGRATION_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -819,7 +921,7 @@ def _settings(spec: AppSpec) -> pb.AppSettings:
         autosave=spec.autosave,
         keep=spec.keep,
         restart=spec.restart,
-        cwd=spec.cwd,
+        cwd=spec.home_cwd or spec.cwd,
     )
 
 

@@ -158,6 +158,12 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         await self.peers.moves().closing_away(request, self._caller(context))
         return pb.CloseAwayReply()
 
+    async def HomeLink(
+        self, request_iterator: AsyncIterator[pb.LinkUp], context: Context
+    ) -> AsyncIterator[pb.LinkDown]:
+        async for down in self.peers.moves().home_io.serve_link(request_iterator, self._caller(context)):
+            yield down
+
     def _caller(self, context: Context) -> PairedPeer:
         caller = self.peers.paired.by_client(caller_cert_hash(context) or "")
         if caller is None:  # PairedOnly let it in, and it was unpaired since

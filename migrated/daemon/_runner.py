@@ -24,6 +24,7 @@ from migrated.transport.v1 import checkpoint_pb2 as pb
 __all__ = ["Captured", "Outcome", "Runner"]
 
 _REPLIES = frozenset({_wire.Kind.MANIFEST, _wire.Kind.CHUNK, _wire.Kind.CAPTURED, _wire.Kind.CAPTURE_FAILED})
+_HOME_IO = frozenset({_wire.Kind.IO, _wire.Kind.OUT, _wire.Kind.ACK})
 
 Missing = Callable[[list[bytes]], Awaitable[list[bytes]]]
 LOAD_TIMEOUT = 60.0
@@ -64,6 +65,8 @@ class Runner:
         self._pump: asyncio.Task[None] | None = None
         self._malformed = ""
         self._replies: asyncio.Queue[_wire.Frame | None] = asyncio.Queue()
+        self._on_frame: Callable[[_wire.Frame], None] | None = None
+        self._on_end: list[Callable[[], None]] = []
 
     @property
     def pid(self) -> int:
@@ -96,8 +99,12 @@ class Runner:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         return cls(proc, reader, writer)
 
-    async def load(self, spec: dict[str, Any], console: Console) -> dict[str, Any]:
-        """Send the app to load; return what the runner reported, or raise the error it reported."""
+    async def load(
+        self, spec: dict[str, Any], console: Console, home_io: Callable[[_wire.Frame], None] | None = None
+    ) -> dict[str, Any]:
+        """Send the app to load; return what the runner reported, or raise the error it reported. ``home_io``
+        takes the runner's home I/O frames (also while it loads: a thaw reopens files)."""
+        self._on_frame = home_io
         self._writer.write(_wire.encode_json(_wire.Kind.LOAD, spec))
         await self._writer.drain()
         pump = asyncio.create_task(self.pump(console))
@@ -115,8 +122,11 @@ class Runner:
         if frame is not None and frame.kind is _wire.Kind.FAILED:
             body = _body(frame)
             raise error_class(str(body.get("error")))(str(body.get("message")))
-        console.log.flush()
-        tail = b"".join(data for _, data in console.log.read(console.log.tail_start(5)).lines)
+        try:
+            console.log.flush()
+            tail = b"".join(data for _, data in console.log.read(console.log.tail_start(5)).lines)
+        except (KeyError, OSError):  # the app was forgotten meanwhile, its console with it
+            tail = b""
         detail = tail.decode(errors="replace").strip().replace("\n", " | ")
         raise RunnerError(
             f"the runner for {spec.get('file') or spec.get('name')} ended while loading the app "
@@ -143,6 +153,8 @@ class Runner:
                     continue
                 self._last_report = frame
         self._replies.put_nowait(None)
+        for callback in self._on_end:
+            callback()
         # Processes the app started die with it, as under a service manager. They also hold the console pipe,
         # and until Python 3.12 Process.wait() returns only once that pipe is closed.
         try:
@@ -209,6 +221,15 @@ class Runner:
             raise RunnerError("the app's runner ended during the checkpoint; see mig logs")
         return frame
 
+    def push(self, frame: bytes) -> None:
+        """Send encoded frames now, in the order of the calls (home I/O answers and events)."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self._writer.write(frame)
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the runner's socket closes."""
+        self._on_end.append(callback)
+
     async def send_input(self, line: str) -> None:
         """Deliver one line to the app's ``on_input``."""
         await self._send(_wire.encode(_wire.Kind.INPUT, line.encode()))
@@ -244,8 +265,13 @@ class Runner:
             if not data:
                 return None
             try:
-                self._frames.extend(self._decoder.feed(data))
-            except _wire.FrameError as exc:
+                frames = self._decoder.feed(data)
+                for frame in frames:
+                    if frame.kind in _HOME_IO and self._on_frame is not None:
+                        self._on_frame(frame)
+                    else:
+                        self._frames.append(frame)
+            except (_wire.FrameError, ValueError) as exc:
                 self._malformed = str(exc)
                 self.kill()
                 return None

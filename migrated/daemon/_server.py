@@ -15,6 +15,7 @@ from migrated.checkpoint import Store
 from migrated.daemon._apps import AppTable
 from migrated.daemon._config import PeerSettings
 from migrated.daemon._control import ControlService
+from migrated.daemon._home import HomeIO
 from migrated.daemon._moves import Moves
 from migrated.daemon._peers import Peers
 from migrated.daemon._statedir import StateDir
@@ -46,6 +47,7 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
     store = Store(config.state_dir / "checkpoints.sqlite")
     apps: AppTable | None = None
     # The peer port first: a port that cannot be had ends the start before any app is touched.
@@ -63,7 +65,9 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
             await apps.load_saved()
             if store.unclean:
                 log.warning("the checkpoint store was not closed cleanly; quick_check: %s", store.problems or "ok")
-            moves = Moves(apps, peers, config.state_dir, config.host, tasks)
+            home_io = HomeIO(peers, config.host, tasks, config.state_dir)
+            apps.io = home_io
+            moves = Moves(apps, peers, config.state_dir, config.host, tasks, home_io)
             peers.serve_moves(moves)
             await moves.recover()
             probes = tasks.create_task(peers.run_probes())
@@ -77,12 +81,22 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
             await stop.wait()
             log.info("stopping")
             await apps.close_all()
+            await moves.flush_consoles()
             moves.close()
+            home_io.close()
             probes.cancel()
             await server.stop(grace=1.0)
     finally:
         await peers.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         await asyncio.to_thread(store.close)
         state_dir.close()
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log where every task of the daemon waits (a daemon that hangs can say why)."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.warning("task %s: %s", task.get_name(), where or "not started")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from migrated.errors import MigError
-from migrated.runtime import _wire
+from migrated.runtime import _home, _wire
 from migrated.runtime._app import App
 from migrated.runtime._loader import load_app_class
 
@@ -82,9 +82,10 @@ class _Stop(Exception):
 class Driver:
     """Calls the app's handlers: start, then steps on their timer, with input and stop between them."""
 
-    def __init__(self, channel: Channel, spec: dict[str, Any]) -> None:
+    def __init__(self, channel: Channel, spec: dict[str, Any], home: _home.Home) -> None:
         self.channel = channel
         self.spec = spec
+        self.home = home
         self.app = App()
         self.next_step: float | None = None
 
@@ -92,6 +93,7 @@ class Driver:
         """Build the app with ``make_app`` and drive it until it ends; return the runner's exit status."""
         try:
             self.app = self._call(make_app)
+            self._resume_home()
             if type(self.app).step is not App.step and (first_run or getattr(self.app, _STEPPING, True)):
                 self.next_step = time.monotonic()
             self._call(self.app.start if first_run else self.app.on_restore)
@@ -117,12 +119,41 @@ class Driver:
     def _dispatch(self, frame: _wire.Frame | None) -> None:
         if frame is None:
             raise _Stop("the daemon went away")
-        if frame.kind is _wire.Kind.INPUT:
+        if frame.kind is _wire.Kind.EVENT:
+            self._event(*frame.io())
+        elif frame.kind is _wire.Kind.OUT_ACK:
+            self.home.acknowledged(int(frame.io()[0].get("out", 0)))
+        elif frame.kind is _wire.Kind.INPUT:
             self._call(self.app.on_input, frame.text())
         elif frame.kind is _wire.Kind.STOP:
             raise _Stop(frame.json().get("reason", "stopped"))
         elif frame.kind is _wire.Kind.CHECKPOINT:
             self._checkpoint(frame.json())
+
+    def _event(self, header: dict[str, Any], data: bytes) -> None:
+        """Input or a network event, once each: the cursor moves on even when the handler fails."""
+        if not self.home.fresh(header):
+            return
+        try:
+            if header.get("type") == "input":
+                self._call(self.app.on_input, data.decode("utf-8", errors="replace"))
+            else:
+                from migrated.runtime import _net
+
+                self._call(_net.dispatch, self.app, header, data)
+        finally:
+            self.home.handled(header)
+
+    def _resume_home(self) -> None:
+        """Take up the home line where the checkpoint left it, and tell the home (also on a first run)."""
+        from migrated.runtime import _net
+
+        saved = self.app.__dict__.pop(_HOME_STATE, None)
+        if isinstance(saved, dict):
+            self.home.restore(saved)
+        reply = self.home.resume(_net.resume_state())
+        for message in _net.resumed(reply):
+            print(f"[migrated] {message}", file=sys.stderr)
 
     def _step(self) -> None:
         delay = self._call(self.app.step)
@@ -135,7 +166,13 @@ class Driver:
         """Capture the state between two events and send the chunks the daemon lacks; the app waits."""
         started = time.perf_counter()
         try:
-            draft = _capture(self.app, self.spec, request, stepping=self.next_step is not None)
+            from migrated.runtime import _net
+
+            setattr(self.app, _HOME_STATE, {**self.home.state(), "net": _net.held()})
+            try:
+                draft = _capture(self.app, self.spec, request, stepping=self.next_step is not None)
+            finally:
+                self.app.__dict__.pop(_HOME_STATE, None)
         except MigError as exc:
             self.channel.send(_wire.Kind.CAPTURE_FAILED, {"error": type(exc).__name__, "message": exc.message})
             return
@@ -186,6 +223,7 @@ class Driver:
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 _STEPPING = "_mig_stepping"  # saved with the state: whether step() still runs after a thaw
+_HOME_STATE = "_mig_home"  # saved with the state: the home line's cursor and unacknowledged output
 
 
 def _capture(app: App, spec: dict[str, Any], request: dict[str, Any], stepping: bool) -> Any:
@@ -194,7 +232,9 @@ def _capture(app: App, spec: dict[str, Any], request: dict[str, Any], stepping: 
 
     setattr(app, _STEPPING, stepping)
     snapshot = checkpoint.capture(app, spec["name"])
-    code = checkpoint.code_files(spec["file"]) if spec.get("file") else []
+    with _runtime_files():
+        code = checkpoint.code_files(spec["file"]) if spec.get("file") else []
+        packages = checkpoint.package_versions()
     return checkpoint.make_draft(
         spec["name"],
         snapshot,
@@ -204,8 +244,17 @@ def _capture(app: App, spec: dict[str, Any], request: dict[str, Any], stepping: 
         app_module=type(app).__module__,
         app_class=type(app).__qualname__,
         runtime=checkpoint.runtime_fingerprint(),
-        packages=checkpoint.package_versions(),
+        packages=packages,
     )
+
+
+def _runtime_files() -> contextlib.AbstractContextManager[None]:
+    """The runtime's own files (the app's code, installed packages) are this host's, never the home's."""
+    if "migrated.runtime._files" not in sys.modules:
+        return contextlib.nullcontext()
+    from migrated.runtime import _files
+
+    return _files.suspended() if _files.installed() else contextlib.nullcontext()
 
 
 def _thaw(spec: dict[str, Any]) -> tuple[App, dict[str, Any]]:
@@ -213,14 +262,14 @@ def _thaw(spec: dict[str, Any]) -> tuple[App, dict[str, Any]]:
     from migrated import checkpoint
 
     restore = spec["restore"]
-    with checkpoint.Store(restore["store"], readonly=True) as store:
+    with _runtime_files(), checkpoint.Store(restore["store"], readonly=True) as store:
         notes: list[str] = []
         if restore.get("version"):
             loaded = store.load(spec["name"], int(restore["version"]))
         else:
             loaded, damaged = store.load_last_good(spec["name"])
             notes = [error.message for error in damaged]
-        app = checkpoint.restore(loaded.snapshot)
+    app = checkpoint.restore(loaded.snapshot)  # open files reopen at home
     return app, {"version": loaded.info.version, "damaged": notes}
 
 
@@ -270,6 +319,7 @@ def main(argv: list[str]) -> int:
     if frame is None or frame.kind is not _wire.Kind.LOAD:
         return 2
     spec = frame.json()
+    home = _start_home(channel, spec)
     try:
         cls = _load(spec)
         thawed, loaded = _thaw(spec) if spec.get("restore") else (None, {})
@@ -286,7 +336,21 @@ def main(argv: list[str]) -> int:
         app.args = args
         return app
 
-    return Driver(channel, spec).run(make_app, first_run=thawed is None)
+    return Driver(channel, spec, home).run(make_app, first_run=thawed is None)
+
+
+def _start_home(channel: Channel, spec: dict[str, Any]) -> _home.Home:
+    """The line to the app's home; when the app runs away from home, its files resolve there."""
+    where = spec.get("home") or {}
+    home = _home.Home(channel, str(where.get("cwd") or os.getcwd()), bool(where.get("away")))
+    _home.set_current(home)
+    if home.away:
+        from migrated.runtime import _files
+
+        code_dir = os.path.dirname(os.path.abspath(spec["file"])) if spec.get("file") else os.getcwd()
+        local = [str(path) for path in where.get("local", [])]  # the daemon's state directory: its store
+        _files.install(home, _files.default_local_roots(code_dir) + local)
+    return home
 
 
 if __name__ == "__main__":

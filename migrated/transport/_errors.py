@@ -11,7 +11,7 @@ import grpc.aio
 
 from migrated.errors import MigError
 
-__all__ = ["ERROR_KEY", "ErrorInterceptor", "status_of"]
+__all__ = ["ERROR_KEY", "ErrorInterceptor", "error_name", "status_of"]
 
 ERROR_KEY = "mig-error"
 log = logging.getLogger("migrated.transport")
@@ -20,6 +20,12 @@ log = logging.getLogger("migrated.transport")
 def status_of(error: MigError) -> grpc.StatusCode:
     """The gRPC status code of an error."""
     return grpc.StatusCode[error.grpc_status]
+
+
+def error_name(exc: grpc.aio.AioRpcError) -> str:
+    """The class of the ``MigError`` a peer's handler raised ("" when it was something else)."""
+    metadata: Any = exc.trailing_metadata() or ()
+    return next((str(value) for key, value in metadata if key == ERROR_KEY), "")
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:

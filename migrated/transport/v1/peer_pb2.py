@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from migrated.transport.v1 import checkpoint_pb2 as migrated_dot_v1_dot_checkpoint__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16migrated/v1/peer.proto\x12\x0bmigrated.v1\x1a\x1cmigrated/v1/checkpoint.proto\"c\n\tPeerHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63lient_cert_pem\x18\x03 \x01(\x0c\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12\x0f\n\x07version\x18\x05 \x01(\t\"Q\n\x10PairBeginRequest\x12&\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x16.migrated.v1.PeerHello\x12\x15\n\rspake_message\x18\x02 \x01(\x0c\"q\n\x0ePairBeginReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12&\n\x06server\x18\x02 \x01(\x0b\x32\x16.migrated.v1.PeerHello\x12\x15\n\rspake_message\x18\x03 \x01(\x0c\x12\x0f\n\x07\x63onfirm\x18\x04 \x01(\x0c\"5\n\x11PairFinishRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07\x63onfirm\x18\x02 \x01(\x0c\"\x11\n\x0fPairFinishReply\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x81\x01\n\tPingReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05proto\x18\x04 \x01(\x05\x12\x14\n\x0c\x61pps_running\x18\x05 \x01(\x05\x12\x0c\n\x04load\x18\x06 \x01(\x01\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"6\n\x0cMigrationRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"H\n\tChunkData\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\r\n\x05\x63odec\x18\x02 \x01(\r\x12\x10\n\x08raw_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"s\n\x10PreflightRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x31\n\x08manifest\x18\x02 \x01(\x0b\x32\x1f.migrated.v1.CheckpointManifest\"\"\n\x0ePreflightReply\x12\x10\n\x08problems\x18\x01 \x03(\t\" \n\x0eMissingRequest\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\x1f\n\x0cMissingReply\x12\x0f\n\x07missing\x18\x01 \x03(\x0c\"\x97\x01\n\x0cStageRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x31\n\x08manifest\x18\x02 \x01(\x0b\x32\x1f.migrated.v1.CheckpointManifest\x12&\n\x06\x63hunks\x18\x03 \x03(\x0b\x32\x16.migrated.v1.ChunkData\"3\n\nStageReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x62ytes_stored\x18\x02 \x01(\x04\"z\n\x0b\x41ppSettings\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tapp_class\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x10\n\x08\x61utosave\x18\x04 \x01(\x01\x12\x0c\n\x04keep\x18\x05 \x01(\t\x12\x0f\n\x07restart\x18\x06 \x01(\t\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\"\xb8\x01\n\x0ePrepareRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x16\n\x0estaged_version\x18\x02 \x01(\x04\x12*\n\x08settings\x18\x03 \x01(\x0b\x32\x18.migrated.v1.AppSettings\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\x16\n\x0ehome_device_id\x18\x05 \x01(\t\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\"\x0e\n\x0cPrepareReply\"=\n\rCommitRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x1a\n\x0b\x43ommitReply\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"<\n\x0c\x41\x62ortRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x0c\n\nAbortReply\"?\n\x0f\x44\x65\x63isionRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x1e\n\rDecisionReply\x12\r\n\x05state\x18\x01 \x01(\t\".\n\x10\x43loseAwayRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"\x10\n\x0e\x43loseAwayReply\"e\n\x14\x43onsoleAppendRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\r\n\x05lines\x18\x04 \x03(\x0c\x12\x0f\n\x07session\x18\x05 \x01(\x01\"(\n\x12\x43onsoleAppendReply\x12\x12\n\napplied_to\x18\x01 \x01(\x04\"(\n\x07IoFrame\x12\x0c\n\x04kind\x18\x01 \x01(\r\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x87\x01\n\x06LinkUp\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\x12\x16\n\x0e\x63ursor_session\x18\x04 \x01(\t\x12\x12\n\ncursor_seq\x18\x05 \x01(\x04\x12$\n\x06\x66rames\x18\x06 \x03(\x0b\x32\x14.migrated.v1.IoFrame\"0\n\x08LinkDown\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.migrated.v1.IoFrame\"\xb5\x01\n\x0fTakeHomeRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05\x66iles\x18\x03 \x01(\x08\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\x12\n\nfiles_home\x18\x05 \x01(\t\x12\x17\n\x0f\x66iles_home_name\x18\x06 \x01(\t\x12\x0f\n\x07\x63onsole\x18\x07 \x03(\x0c\x12,\n\tlisteners\x18\x08 \x03(\x0b\x32\x19.migrated.v1.ListenerSpec\"6\n\x0cListenerSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x0c\n\x04host\x18\x03 \x01(\t\"\x0f\n\rTakeHomeReply2\x9e\x01\n\x07Pairing\x12G\n\tPairBegin\x12\x1d.migrated.v1.PairBeginRequest\x1a\x1b.migrated.v1.PairBeginReply\x12J\n\nPairFinish\x12\x1e.migrated.v1.PairFinishRequest\x1a\x1c.migrated.v1.PairFinishReply2\xb1\x06\n\x04Peer\x12\x38\n\x04Ping\x12\x18.migrated.v1.PingRequest\x1a\x16.migrated.v1.PingReply\x12G\n\tPreflight\x12\x1d.migrated.v1.PreflightRequest\x1a\x1b.migrated.v1.PreflightReply\x12\x41\n\x07Missing\x12\x1b.migrated.v1.MissingRequest\x1a\x19.migrated.v1.MissingReply\x12=\n\x05Stage\x12\x19.migrated.v1.StageRequest\x1a\x17.migrated.v1.StageReply(\x01\x12\x41\n\x07Prepare\x12\x1b.migrated.v1.PrepareRequest\x1a\x19.migrated.v1.PrepareReply\x12>\n\x06\x43ommit\x12\x1a.migrated.v1.CommitRequest\x1a\x18.migrated.v1.CommitReply\x12;\n\x05\x41\x62ort\x12\x19.migrated.v1.AbortRequest\x1a\x17.migrated.v1.AbortReply\x12\x44\n\x08\x44\x65\x63ision\x12\x1c.migrated.v1.DecisionRequest\x1a\x1a.migrated.v1.DecisionReply\x12S\n\rConsoleAppend\x12!.migrated.v1.ConsoleAppendRequest\x1a\x1f.migrated.v1.ConsoleAppendReply\x12G\n\tCloseAway\x12\x1d.migrated.v1.CloseAwayRequest\x1a\x1b.migrated.v1.CloseAwayReply\x12:\n\x08HomeLink\x12\x13.migrated.v1.LinkUp\x1a\x15.migrated.v1.LinkDown(\x01\x30\x01\x12\x44\n\x08TakeHome\x12\x1c.migrated.v1.TakeHomeRequest\x1a\x1a.migrated.v1.TakeHomeReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16migrated/v1/peer.proto\x12\x0bmigrated.v1\x1a\x1cmigrated/v1/checkpoint.proto\"c\n\tPeerHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63lient_cert_pem\x18\x03 \x01(\x0c\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12\x0f\n\x07version\x18\x05 \x01(\t\"Q\n\x10PairBeginRequest\x12&\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x16.migrated.v1.PeerHello\x12\x15\n\rspake_message\x18\x02 \x01(\x0c\"q\n\x0ePairBeginReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12&\n\x06server\x18\x02 \x01(\x0b\x32\x16.migrated.v1.PeerHello\x12\x15\n\rspake_message\x18\x03 \x01(\x0c\x12\x0f\n\x07\x63onfirm\x18\x04 \x01(\x0c\"5\n\x11PairFinishRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07\x63onfirm\x18\x02 \x01(\x0c\"\x11\n\x0fPairFinishReply\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x81\x01\n\tPingReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05proto\x18\x04 \x01(\x05\x12\x14\n\x0c\x61pps_running\x18\x05 \x01(\x05\x12\x0c\n\x04load\x18\x06 \x01(\x01\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"6\n\x0cMigrationRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"H\n\tChunkData\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\r\n\x05\x63odec\x18\x02 \x01(\r\x12\x10\n\x08raw_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"s\n\x10PreflightRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x31\n\x08manifest\x18\x02 \x01(\x0b\x32\x1f.migrated.v1.CheckpointManifest\"\"\n\x0ePreflightReply\x12\x10\n\x08problems\x18\x01 \x03(\t\" \n\x0eMissingRequest\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\x1f\n\x0cMissingReply\x12\x0f\n\x07missing\x18\x01 \x03(\x0c\"\x97\x01\n\x0cStageRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x31\n\x08manifest\x18\x02 \x01(\x0b\x32\x1f.migrated.v1.CheckpointManifest\x12&\n\x06\x63hunks\x18\x03 \x03(\x0b\x32\x16.migrated.v1.ChunkData\"3\n\nStageReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x62ytes_stored\x18\x02 \x01(\x04\"z\n\x0b\x41ppSettings\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tapp_class\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x10\n\x08\x61utosave\x18\x04 \x01(\x01\x12\x0c\n\x04keep\x18\x05 \x01(\t\x12\x0f\n\x07restart\x18\x06 \x01(\t\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\"\x86\x02\n\x0ePrepareRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x16\n\x0estaged_version\x18\x02 \x01(\x04\x12*\n\x08settings\x18\x03 \x01(\x0b\x32\x18.migrated.v1.AppSettings\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\x16\n\x0ehome_device_id\x18\x05 \x01(\t\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x0e\n\x06rehome\x18\x07 \x01(\x08\x12\x12\n\nfiles_home\x18\x08 \x01(\t\x12\x17\n\x0f\x66iles_home_name\x18\t \x01(\t\x12\x0f\n\x07\x63onsole\x18\n \x03(\x0c\"\x0e\n\x0cPrepareReply\"=\n\rCommitRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x1a\n\x0b\x43ommitReply\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"<\n\x0c\x41\x62ortRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x0c\n\nAbortReply\"?\n\x0f\x44\x65\x63isionRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x1e\n\rDecisionReply\x12\r\n\x05state\x18\x01 \x01(\t\".\n\x10\x43loseAwayRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"\x10\n\x0e\x43loseAwayReply\"e\n\x14\x43onsoleAppendRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\r\n\x05lines\x18\x04 \x03(\x0c\x12\x0f\n\x07session\x18\x05 \x01(\x01\"(\n\x12\x43onsoleAppendReply\x12\x12\n\napplied_to\x18\x01 \x01(\x04\"(\n\x07IoFrame\x12\x0c\n\x04kind\x18\x01 \x01(\r\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x87\x01\n\x06LinkUp\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\x12\x16\n\x0e\x63ursor_session\x18\x04 \x01(\t\x12\x12\n\ncursor_seq\x18\x05 \x01(\x04\x12$\n\x06\x66rames\x18\x06 \x03(\x0b\x32\x14.migrated.v1.IoFrame\"0\n\x08LinkDown\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.migrated.v1.IoFrame2\x9e\x01\n\x07Pairing\x12G\n\tPairBegin\x12\x1d.migrated.v1.PairBeginRequest\x1a\x1b.migrated.v1.PairBeginReply\x12J\n\nPairFinish\x12\x1e.migrated.v1.PairFinishRequest\x1a\x1c.migrated.v1.PairFinishReply2\xeb\x05\n\x04Peer\x12\x38\n\x04Ping\x12\x18.migrated.v1.PingRequest\x1a\x16.migrated.v1.PingReply\x12G\n\tPreflight\x12\x1d.migrated.v1.PreflightRequest\x1a\x1b.migrated.v1.PreflightReply\x12\x41\n\x07Missing\x12\x1b.migrated.v1.MissingRequest\x1a\x19.migrated.v1.MissingReply\x12=\n\x05Stage\x12\x19.migrated.v1.StageRequest\x1a\x17.migrated.v1.StageReply(\x01\x12\x41\n\x07Prepare\x12\x1b.migrated.v1.PrepareRequest\x1a\x19.migrated.v1.PrepareReply\x12>\n\x06\x43ommit\x12\x1a.migrated.v1.CommitRequest\x1a\x18.migrated.v1.CommitReply\x12;\n\x05\x41\x62ort\x12\x19.migrated.v1.AbortRequest\x1a\x17.migrated.v1.AbortReply\x12\x44\n\x08\x44\x65\x63ision\x12\x1c.migrated.v1.DecisionRequest\x1a\x1a.migrated.v1.DecisionReply\x12S\n\rConsoleAppend\x12!.migrated.v1.ConsoleAppendRequest\x1a\x1f.migrated.v1.ConsoleAppendReply\x12G\n\tCloseAway\x12\x1d.migrated.v1.CloseAwayRequest\x1a\x1b.migrated.v1.CloseAwayReply\x12:\n\x08HomeLink\x12\x13.migrated.v1.LinkUp\x1a\x15.migrated.v1.LinkDown(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,43 +65,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPSETTINGS']._serialized_start=1163
   _globals['_APPSETTINGS']._serialized_end=1285
   _globals['_PREPAREREQUEST']._serialized_start=1288
-  _globals['_PREPAREREQUEST']._serialized_end=1472
-  _globals['_PREPAREREPLY']._serialized_start=1474
-  _globals['_PREPAREREPLY']._serialized_end=1488
-  _globals['_COMMITREQUEST']._serialized_start=1490
-  _globals['_COMMITREQUEST']._serialized_end=1551
-  _globals['_COMMITREPLY']._serialized_start=1553
-  _globals['_COMMITREPLY']._serialized_end=1579
-  _globals['_ABORTREQUEST']._serialized_start=1581
-  _globals['_ABORTREQUEST']._serialized_end=1641
-  _globals['_ABORTREPLY']._serialized_start=1643
-  _globals['_ABORTREPLY']._serialized_end=1655
-  _globals['_DECISIONREQUEST']._serialized_start=1657
-  _globals['_DECISIONREQUEST']._serialized_end=1720
-  _globals['_DECISIONREPLY']._serialized_start=1722
-  _globals['_DECISIONREPLY']._serialized_end=1752
-  _globals['_CLOSEAWAYREQUEST']._serialized_start=1754
-  _globals['_CLOSEAWAYREQUEST']._serialized_end=1800
-  _globals['_CLOSEAWAYREPLY']._serialized_start=1802
-  _globals['_CLOSEAWAYREPLY']._serialized_end=1818
-  _globals['_CONSOLEAPPENDREQUEST']._serialized_start=1820
-  _globals['_CONSOLEAPPENDREQUEST']._serialized_end=1921
-  _globals['_CONSOLEAPPENDREPLY']._serialized_start=1923
-  _globals['_CONSOLEAPPENDREPLY']._serialized_end=1963
-  _globals['_IOFRAME']._serialized_start=1965
-  _globals['_IOFRAME']._serialized_end=2005
-  _globals['_LINKUP']._serialized_start=2008
-  _globals['_LINKUP']._serialized_end=2143
-  _globals['_LINKDOWN']._serialized_start=2145
-  _globals['_LINKDOWN']._serialized_end=2193
-  _globals['_TAKEHOMEREQUEST']._serialized_start=2196
-  _globals['_TAKEHOMEREQUEST']._serialized_end=2377
-  _globals['_LISTENERSPEC']._serialized_start=2379
-  _globals['_LISTENERSPEC']._serialized_end=2433
-  _globals['_TAKEHOMEREPLY']._serialized_start=2435
-  _globals['_TAKEHOMEREPLY']._serialized_end=2450
-  _globals['_PAIRING']._serialized_start=2453
-  _globals['_PAIRING']._serialized_end=2611
-  _globals['_PEER']._serialized_start=2614
-  _globals['_PEER']._serialized_end=3431
+  _globals['_PREPAREREQUEST']._serialized_end=1550
+  _globals['_PREPAREREPLY']._serialized_start=1552
+  _globals['_PREPAREREPLY']._serialized_end=1566
+  _globals['_COMMITREQUEST']._serialized_start=1568
+  _globals['_COMMITREQUEST']._serialized_end=1629
+  _globals['_COMMITREPLY']._serialized_start=1631
+  _globals['_COMMITREPLY']._serialized_end=1657
+  _globals['_ABORTREQUEST']._serialized_start=1659
+  _globals['_ABORTREQUEST']._serialized_end=1719
+  _globals['_ABORTREPLY']._serialized_start=1721
+  _globals['_ABORTREPLY']._serialized_end=1733
+  _globals['_DECISIONREQUEST']._serialized_start=1735
+  _globals['_DECISIONREQUEST']._serialized_end=1798
+  _globals['_DECISIONREPLY']._serialized_start=1800
+  _globals['_DECISIONREPLY']._serialized_end=1830
+  _globals['_CLOSEAWAYREQUEST']._serialized_start=1832
+  _globals['_CLOSEAWAYREQUEST']._serialized_end=1878
+  _globals['_CLOSEAWAYREPLY']._serialized_start=1880
+  _globals['_CLOSEAWAYREPLY']._serialized_end=1896
+  _globals['_CONSOLEAPPENDREQUEST']._serialized_start=1898
+  _globals['_CONSOLEAPPENDREQUEST']._serialized_end=1999
+  _globals['_CONSOLEAPPENDREPLY']._serialized_start=2001
+  _globals['_CONSOLEAPPENDREPLY']._serialized_end=2041
+  _globals['_IOFRAME']._serialized_start=2043
+  _globals['_IOFRAME']._serialized_end=2083
+  _globals['_LINKUP']._serialized_start=2086
+  _globals['_LINKUP']._serialized_end=2221
+  _globals['_LINKDOWN']._serialized_start=2223
+  _globals['_LINKDOWN']._serialized_end=2271
+  _globals['_PAIRING']._serialized_start=2274
+  _globals['_PAIRING']._serialized_end=2432
+  _globals['_PEER']._serialized_start=2435
+  _globals['_PEER']._serialized_end=3182
 # @@protoc_insertion_point(module_scope)

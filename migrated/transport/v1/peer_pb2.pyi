@@ -451,16 +451,29 @@ class PrepareRequest(_message.Message):
     HOME_FIELD_NUMBER: _builtins.int
     HOME_DEVICE_ID_FIELD_NUMBER: _builtins.int
     CLOSED_FIELD_NUMBER: _builtins.int
+    REHOME_FIELD_NUMBER: _builtins.int
+    FILES_HOME_FIELD_NUMBER: _builtins.int
+    FILES_HOME_NAME_FIELD_NUMBER: _builtins.int
+    CONSOLE_FIELD_NUMBER: _builtins.int
     staged_version: _builtins.int
     home: _builtins.str
     """the home host's name"""
     home_device_id: _builtins.str
     closed: _builtins.bool
     """adopt the version but do not run it (an app closed away from home comes back)"""
+    rehome: _builtins.bool
+    """the destination becomes the app's home (console, sockets, input)"""
+    files_home: _builtins.str
+    """device id of the host that serves the app's files ("": its home)"""
+    files_home_name: _builtins.str
     @_builtins.property
     def migration(self) -> Global___MigrationRef: ...
     @_builtins.property
     def settings(self) -> Global___AppSettings: ...
+    @_builtins.property
+    def console(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """with rehome: the newest console lines the old home kept"""
+
     def __init__(
         self,
         *,
@@ -470,10 +483,14 @@ class PrepareRequest(_message.Message):
         home: _builtins.str = ...,
         home_device_id: _builtins.str = ...,
         closed: _builtins.bool = ...,
+        rehome: _builtins.bool = ...,
+        files_home: _builtins.str = ...,
+        files_home_name: _builtins.str = ...,
+        console: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "home", b"home", "home_device_id", b"home_device_id", "migration", b"migration", "settings", b"settings", "staged_version", b"staged_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "console", b"console", "files_home", b"files_home", "files_home_name", b"files_home_name", "home", b"home", "home_device_id", b"home_device_id", "migration", b"migration", "rehome", b"rehome", "settings", b"settings", "staged_version", b"staged_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -786,90 +803,3 @@ class LinkDown(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LinkDown: _TypeAlias = LinkDown  # noqa: Y015
-
-@_typing.final
-class TakeHomeRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    APP_FIELD_NUMBER: _builtins.int
-    EPOCH_FIELD_NUMBER: _builtins.int
-    FILES_FIELD_NUMBER: _builtins.int
-    CWD_FIELD_NUMBER: _builtins.int
-    FILES_HOME_FIELD_NUMBER: _builtins.int
-    FILES_HOME_NAME_FIELD_NUMBER: _builtins.int
-    CONSOLE_FIELD_NUMBER: _builtins.int
-    LISTENERS_FIELD_NUMBER: _builtins.int
-    app: _builtins.str
-    epoch: _builtins.int
-    files: _builtins.bool
-    """the new home serves the app's files too (else they stay with the old home)"""
-    cwd: _builtins.str
-    """the app's working directory at its home"""
-    files_home: _builtins.str
-    """device id of the host that serves its files"""
-    files_home_name: _builtins.str
-    @_builtins.property
-    def console(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """the last console lines kept at the old home"""
-
-    @_builtins.property
-    def listeners(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListenerSpec]: ...
-    def __init__(
-        self,
-        *,
-        app: _builtins.str = ...,
-        epoch: _builtins.int = ...,
-        files: _builtins.bool = ...,
-        cwd: _builtins.str = ...,
-        files_home: _builtins.str = ...,
-        files_home_name: _builtins.str = ...,
-        console: _abc.Iterable[_builtins.bytes] | None = ...,
-        listeners: _abc.Iterable[Global___ListenerSpec] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "console", b"console", "cwd", b"cwd", "epoch", b"epoch", "files", b"files", "files_home", b"files_home", "files_home_name", b"files_home_name", "listeners", b"listeners"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___TakeHomeRequest: _TypeAlias = TakeHomeRequest  # noqa: Y015
-
-@_typing.final
-class ListenerSpec(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    PORT_FIELD_NUMBER: _builtins.int
-    HOST_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    port: _builtins.int
-    host: _builtins.str
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        port: _builtins.int = ...,
-        host: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "id", b"id", "port", b"port"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListenerSpec: _TypeAlias = ListenerSpec  # noqa: Y015
-
-@_typing.final
-class TakeHomeReply(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___TakeHomeReply: _TypeAlias = TakeHomeReply  # noqa: Y015

@@ -208,11 +208,6 @@ class PeerStub:
                 request_serializer=migrated_dot_v1_dot_peer__pb2.LinkUp.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_peer__pb2.LinkDown.FromString,
                 _registered_method=True)
-        self.TakeHome = channel.unary_unary(
-                '/migrated.v1.Peer/TakeHome',
-                request_serializer=migrated_dot_v1_dot_peer__pb2.TakeHomeRequest.SerializeToString,
-                response_deserializer=migrated_dot_v1_dot_peer__pb2.TakeHomeReply.FromString,
-                _registered_method=True)
 
 
 class PeerServicer:
@@ -285,12 +280,6 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def TakeHome(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -348,11 +337,6 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.HomeLink,
                     request_deserializer=migrated_dot_v1_dot_peer__pb2.LinkUp.FromString,
                     response_serializer=migrated_dot_v1_dot_peer__pb2.LinkDown.SerializeToString,
-            ),
-            'TakeHome': grpc.unary_unary_rpc_method_handler(
-                    servicer.TakeHome,
-                    request_deserializer=migrated_dot_v1_dot_peer__pb2.TakeHomeRequest.FromString,
-                    response_serializer=migrated_dot_v1_dot_peer__pb2.TakeHomeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -653,33 +637,6 @@ class Peer:
             '/migrated.v1.Peer/HomeLink',
             migrated_dot_v1_dot_peer__pb2.LinkUp.SerializeToString,
             migrated_dot_v1_dot_peer__pb2.LinkDown.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def TakeHome(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/migrated.v1.Peer/TakeHome',
-            migrated_dot_v1_dot_peer__pb2.TakeHomeRequest.SerializeToString,
-            migrated_dot_v1_dot_peer__pb2.TakeHomeReply.FromString,
             options,
             channel_credentials,
             insecure,

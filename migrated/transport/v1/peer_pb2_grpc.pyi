@@ -81,7 +81,6 @@ class PeerStub:
     ConsoleAppend: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ConsoleAppendRequest, _peer_pb2.ConsoleAppendReply]
     CloseAway: _grpc.UnaryUnaryMultiCallable[_peer_pb2.CloseAwayRequest, _peer_pb2.CloseAwayReply]
     HomeLink: _grpc.StreamStreamMultiCallable[_peer_pb2.LinkUp, _peer_pb2.LinkDown]
-    TakeHome: _grpc.UnaryUnaryMultiCallable[_peer_pb2.TakeHomeRequest, _peer_pb2.TakeHomeReply]
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -99,7 +98,6 @@ class PeerAsyncStub(PeerStub):
     ConsoleAppend: _aio.UnaryUnaryMultiCallable[_peer_pb2.ConsoleAppendRequest, _peer_pb2.ConsoleAppendReply]  # type: ignore[assignment]
     CloseAway: _aio.UnaryUnaryMultiCallable[_peer_pb2.CloseAwayRequest, _peer_pb2.CloseAwayReply]  # type: ignore[assignment]
     HomeLink: _aio.StreamStreamMultiCallable[_peer_pb2.LinkUp, _peer_pb2.LinkDown]  # type: ignore[assignment]
-    TakeHome: _aio.UnaryUnaryMultiCallable[_peer_pb2.TakeHomeRequest, _peer_pb2.TakeHomeReply]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """Paired callers only: the server checks every call's client certificate hash against its paired table."""
@@ -180,12 +178,5 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_peer_pb2.LinkUp],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_peer_pb2.LinkDown], _abc.AsyncIterator[_peer_pb2.LinkDown]]: ...
-
-    @_abc_1.abstractmethod
-    def TakeHome(
-        self,
-        request: _peer_pb2.TakeHomeRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_peer_pb2.TakeHomeReply, _abc.Awaitable[_peer_pb2.TakeHomeReply]]: ...
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

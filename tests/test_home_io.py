@@ -1,0 +1,382 @@
+"""Home I/O in the namespace test bed: an app moves between hosts while its console, its input, its files and
+its TCP clients stay at home.
+
+The hosts that are not home (h1, h2) run in a mount namespace of their own with an empty tmpfs over the home's
+folder, so a file the app wrote on their own disk would land there, where nobody else sees it: the tests look
+at the home's folder (what the home sees) and into h1's and h2's view (``nsenter``) to show where bytes went.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.netbed import MIG, START_TIMEOUT, BedDaemon, NetBed, _daemon_env
+from tests.test_move_faults import pair, ps
+
+PRINTER = """
+import migrated
+
+
+class Printer(migrated.App):
+    def start(self):
+        self.n = 0
+
+    def step(self):
+        self.n += 1
+        print(f"n {self.n}")
+        return 0.01
+
+    def on_input(self, line):
+        print(f"got {line}")
+"""
+
+APPENDER = """
+import migrated
+
+
+class Appender(migrated.App):
+    def start(self):
+        self.n = 0
+        self.out = open("out.txt", "a")       # at home, relative to the folder mig run was called from
+        self.src = open("lines.txt")          # read one line per step, wherever the app runs
+
+    def step(self):
+        self.n += 1
+        self.out.write(f"line {self.n}\\n")
+        self.out.flush()
+        line = self.src.readline()
+        if line:
+            print(f"read {line.strip()}")
+        return 0.01
+"""
+
+ECHO = """
+import migrated
+import migrated.net
+
+
+class Echo(migrated.App):
+    def start(self):
+        self.listener = migrated.net.listen(0, host=self.args[0])
+        self.conns = 0
+        print(f"listening on {self.listener.port}")
+
+    def on_accept(self, conn):
+        self.conns += 1
+        print(f"accepted {self.conns}")
+
+    def on_data(self, conn, data):
+        conn.send(data)
+"""
+
+# A TCP client run inside a host's namespace: one connection, a numbered message every 20 ms, each echo checked;
+# it prints one JSON line when told to stop (a line on stdin) and never reconnects.
+CLIENT = """
+import json, socket, sys, threading, time
+
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+sent = echoed = 0
+rtts, errors, buffer = [], [], b""
+while not stop.is_set():
+    sent += 1
+    message = f"message {sent}\\n".encode()
+    started = time.perf_counter()
+    try:
+        sock.sendall(message)
+        while b"\\n" not in buffer:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            buffer += data
+    except OSError as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+        break
+    line, _, buffer = buffer.partition(b"\\n")
+    rtts.append(time.perf_counter() - started)
+    if line + b"\\n" == message:
+        echoed += 1
+    else:
+        errors.append(f"expected {message!r}, got {line!r}")
+        break
+    time.sleep(0.02)
+print(json.dumps({"sent": sent, "echoed": echoed, "errors": errors, "max_rtt": max(rtts or [0])}))
+"""
+
+
+class PrivateDaemon(BedDaemon):
+    """A bed daemon whose view of ``hidden`` is an empty tmpfs of its own (a disk that is not the home's)."""
+
+    hidden: Path | None = None
+
+    def _command(self, argv: list[str]) -> list[str]:
+        if self.hidden is None:
+            return argv
+        mount = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, str(self.hidden), *argv]
+
+    def ls(self, path: Path) -> list[str]:
+        """What this daemon sees in ``path``."""
+        out = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "ls", "-A", str(path)], capture_output=True, text=True, check=True
+        )
+        return out.stdout.split()
+
+
+class Bed:
+    """Three hosts: h0 is home, h1 and h2 see an empty disk where the home's folder is; all paired."""
+
+    def __init__(self, bed: NetBed, folder: Path) -> None:
+        self.bed = bed
+        self.folder = folder
+        self.daemons: list[PrivateDaemon] = []
+        for host in bed:
+            state_dir = Path(tempfile.mkdtemp(prefix="mig", dir="/tmp"))
+            daemon = PrivateDaemon(bed, host, state_dir, ("--no-mdns",))
+            daemon.hidden = None if host.name == "h0" else folder
+            bed.daemons.append(daemon)
+            host.daemon = daemon
+            daemon._spawn()
+            self.daemons.append(daemon)
+        bed._save_record()
+        for daemon in self.daemons:
+            daemon._wait_ready(START_TIMEOUT)
+        home, h1, h2 = self.daemons
+        pair(home, h1)
+        pair(home, h2)
+        pair(h1, h2)
+
+    def host(self, name: str) -> PrivateDaemon:
+        return self.daemons[int(name[1:])]
+
+
+@pytest.fixture(scope="module")
+def bed(module_netbeds: Callable[[int], NetBed]) -> Iterator[Bed]:
+    folder = Path(tempfile.mkdtemp(prefix="mig-home-", dir="/tmp"))
+    try:
+        yield Bed(module_netbeds(3), folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(bed: Bed, name: str, source: str, *args: str) -> None:
+    path = bed.folder / f"{name}.py"
+    path.write_text(source.lstrip("\n"))
+    home = bed.daemons[0]
+    subprocess.run(
+        [MIG, "run", str(path), "--name", name, *(("--", *args) if args else ())],
+        cwd=bed.folder,
+        env={**_daemon_env(home.dir), "MIG_NO_AUTOSTART": "1"},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def move(bed: Bed, name: str, to: str) -> None:
+    """Move ``name`` from wherever it runs to ``to``, with the real ``mig move`` on that host."""
+    where = ps(bed.daemons[0])[name]["host"]
+    out = bed.host(where).mig("move", name, to, timeout=60).stdout
+    assert f"moved {name} to {to}" in out, out
+    assert ps(bed.daemons[0])[name]["host"] == to
+
+
+def numbers(text: str, word: str) -> list[int]:
+    return [int(n) for n in re.findall(rf"^{word} (\d+)$", text, re.MULTILINE)]
+
+
+def once_in_order(seen: Sequence[int], start: int = 1) -> None:
+    assert list(seen) == list(range(start, start + len(seen))), f"not every number once, in order: {seen}"
+
+
+def home_log(bed: Bed, name: str) -> str:
+    return bed.daemons[0].mig("logs", name).stdout
+
+
+def past(bed: Bed, name: str, word: str, beyond: int, timeout: float = 20.0) -> list[int]:
+    """Wait until the home shows ``word N`` past ``beyond``; return every number it shows."""
+
+    def further() -> list[int] | None:
+        seen = numbers(home_log(bed, name), word)
+        return seen if seen and seen[-1] > beyond else None
+
+    return wait_until(further, timeout, what=f"{name}'s {word} past {beyond} at home")
+
+
+class Follower:
+    """``mig logs -f NAME`` at home, in the background, as a person would leave it running."""
+
+    def __init__(self, daemon: BedDaemon, name: str) -> None:
+        env = {**_daemon_env(daemon.dir), "MIG_NO_AUTOSTART": "1"}
+        self.proc = subprocess.Popen([MIG, "logs", "-f", name], stdout=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self._reader.join(10)
+        return "\n".join(self.lines)
+
+
+def test_twenty_moves_lose_and_repeat_no_console_line_at_home(bed: Bed) -> None:
+    run(bed, "printer", PRINTER)
+    follower = Follower(bed.daemons[0], "printer")
+    past(bed, "printer", "n", 10)
+    for index in range(20):
+        move(bed, "printer", "h1" if index % 2 == 0 else "h0")
+    last = numbers(bed.daemons[0].mig("logs", "printer").stdout, "n")[-1]
+    seen = past(bed, "printer", "n", last + 50)
+    once_in_order(seen)
+    followed = numbers(follower.stop(), "n")
+    once_in_order(followed)
+    assert len(followed) >= last, "mig logs -f stopped following across the moves"
+    assert ps(bed.daemons[0])["printer"]["epoch"] == 20
+    bed.daemons[0].mig("kill", "printer")
+
+
+def test_input_typed_at_home_reaches_the_app_once_across_moves(bed: Bed) -> None:
+    run(bed, "typist", PRINTER)
+    past(bed, "typist", "n", 5)
+
+    def moves() -> None:
+        for to in ("h1", "h2", "h1", "h0", "h2"):
+            move(bed, "typist", to)
+
+    moving = threading.Thread(target=moves, daemon=True)
+    moving.start()
+    sent = 0
+    while moving.is_alive() or sent < 40:
+        sent += 1
+        bed.daemons[0].mig("send", "typist", str(sent))
+        time.sleep(0.05)
+    moving.join(60)
+
+    def all_arrived() -> list[int] | None:
+        got = numbers(home_log(bed, "typist"), "got")
+        return got if len(got) >= sent else None
+
+    got = wait_until(all_arrived, 20, what="every line typed at home to reach the app")
+    once_in_order(got)
+    assert ps(bed.daemons[0])["typist"]["host"] == "h2"
+    bed.host("h2").mig("kill", "typist")
+
+
+def test_files_at_home_are_read_and_written_wherever_the_app_runs(bed: Bed) -> None:
+    (bed.folder / "lines.txt").write_text("".join(f"{n}\n" for n in range(1, 3001)))
+    run(bed, "appender", APPENDER)
+    past(bed, "appender", "read", 20)
+    move(bed, "appender", "h1")
+    past(bed, "appender", "read", numbers(home_log(bed, "appender"), "read")[-1] + 20)
+    h1 = bed.host("h1")
+    assert h1.ls(bed.folder) == [], "the app wrote to the disk of the host it runs on"
+    move(bed, "appender", "h2")
+    past(bed, "appender", "read", numbers(home_log(bed, "appender"), "read")[-1] + 20)
+    move(bed, "appender", "h0")
+    past(bed, "appender", "read", numbers(home_log(bed, "appender"), "read")[-1] + 20)
+    bed.daemons[0].mig("close", "appender")
+    written = numbers((bed.folder / "out.txt").read_text(), "line")
+    once_in_order(written)
+    assert len(written) > 60
+    once_in_order(numbers(home_log(bed, "appender"), "read"))  # the open file went on at its position
+    assert h1.ls(bed.folder) == [] and bed.host("h2").ls(bed.folder) == []
+
+
+def test_a_tcp_client_keeps_one_connection_through_three_moves(bed: Bed) -> None:
+    home_addr = bed.bed[0].addr
+    run(bed, "echo", ECHO, home_addr)
+    port = wait_until(lambda: re.findall(r"listening on (\d+)", home_log(bed, "echo")), 15, what="the port")[0]
+    script = bed.folder / "client.py"
+    script.write_text(CLIENT)
+    client = bed.bed[2].popen(
+        [sys.executable, str(script), home_addr, port], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: "accepted 1" in home_log(bed, "echo"), 15, what="the client to connect")
+        time.sleep(0.5)
+        for to in ("h1", "h2", "h0"):
+            move(bed, "echo", to)
+            time.sleep(0.5)
+        out, _ = client.communicate("stop\n", timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    report = json.loads(out)
+    assert report["errors"] == [], report
+    assert report["echoed"] == report["sent"] and report["sent"] > 50, report
+    assert numbers(home_log(bed, "echo"), "accepted") == [1], "the client had to connect again"
+    bed.daemons[0].mig("kill", "echo")
+
+
+def test_the_home_cut_off_for_five_seconds_loses_no_console_line(bed: Bed) -> None:
+    run(bed, "cutoff", PRINTER)
+    past(bed, "cutoff", "n", 5)
+    move(bed, "cutoff", "h1")
+    before = past(bed, "cutoff", "n", numbers(home_log(bed, "cutoff"), "n")[-1] + 10)[-1]
+    bed.bed[0].cut()
+    try:
+        time.sleep(5)
+        there = numbers(bed.host("h1").mig("logs", "cutoff").stdout, "n")[-1]
+        assert there > before + 100, "the app stopped while its home was away"
+    finally:
+        bed.bed[0].heal()
+    seen = past(bed, "cutoff", "n", there + 10, timeout=30)
+    once_in_order(seen)
+    bed.host("h1").mig("kill", "cutoff")
+
+
+def test_a_stale_copy_is_refused_by_the_home_and_stops(netbeds: Callable[[int], NetBed], tmp_path: Path) -> None:
+    """h1's state directory is put back as it was before the app moved on from it to h2: h1 then believes it
+    holds the app at the old epoch. Opened there, the home refuses its I/O and the copy stops."""
+    bed = Bed(netbeds(3), tmp_path)
+    run(bed, "stale", PRINTER)
+    past(bed, "stale", "n", 5)
+    move(bed, "stale", "h1")
+    h1 = bed.host("h1")
+    h1.stop()
+    backup = tmp_path / "h1-backup"
+    shutil.copytree(h1.dir, backup, ignore=shutil.ignore_patterns("*.sock", "stderr.log"))
+    h1.restart()  # its journal says it runs the app: it thaws it again
+    wait_until(lambda: ps(h1)["stale"]["state"] == "running", 20, what="stale to run on h1 again")
+    move(bed, "stale", "h2")
+    assert ps(bed.daemons[0])["stale"]["epoch"] == 2
+    h1.stop()
+    for part in ("apps", "migrations", "checkpoints.sqlite", "checkpoints.sqlite-wal", "checkpoints.sqlite-shm"):
+        target, saved = h1.dir / part, backup / part
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        if saved.is_dir():
+            shutil.copytree(saved, target)
+        elif saved.exists():
+            shutil.copy2(saved, target)
+    before = len(h1.stderr_log())
+    h1.restart()  # it thaws its copy at epoch 1 again, as its journal says; the home refuses it
+    wait_until(lambda: "stale" not in ps(h1), 20, what="the stale copy on h1 to stop")
+    assert "the home refused this copy (epoch 1 of 'stale' is stale (now 2)" in h1.stderr_log()[before:]
+    home = ps(bed.daemons[0])["stale"]
+    assert (home["host"], home["epoch"]) == ("h2", 2)
+    running: list[Any] = [app for app in (ps(d).get("stale") for d in bed.daemons) if app]
+    assert [app["host"] for app in running if app["state"] == "running"].count("h1") == 0
+    once_in_order(numbers(home_log(bed, "stale"), "n"))
