@@ -8,6 +8,7 @@ at the home's folder (what the home sees) and into h1's and h2's view (``nsenter
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -82,6 +83,31 @@ class Echo(migrated.App):
         conn.send(data)
 """
 
+FILER = """
+import migrated
+import migrated.net
+
+
+class Filer(migrated.App):
+    def start(self):
+        self.n = 0
+        self.listener = migrated.net.listen(0)
+        print(f"listening on {self.listener.port}")
+
+    def step(self):
+        self.n += 1
+        try:
+            with open(self.args[0], "a") as out:
+                out.write(f"line {self.n}\\n")
+            print(f"wrote {self.n}")
+        except OSError as exc:
+            print(f"write failed: {exc}")
+        return 0.05
+
+    def on_input(self, line):
+        print(f"got {line}")
+"""
+
 # A TCP client run inside a host's namespace: one connection, a numbered message every 20 ms, each echo checked;
 # it prints one JSON line when told to stop (a line on stdin) and never reconnects.
 CLIENT = """
@@ -146,7 +172,7 @@ class Bed:
         self.daemons: list[PrivateDaemon] = []
         for host in bed:
             state_dir = Path(tempfile.mkdtemp(prefix="mig", dir="/tmp"))
-            daemon = PrivateDaemon(bed, host, state_dir, ("--no-mdns",))
+            daemon = PrivateDaemon(bed, host, state_dir, ("--no-mdns", "--home-timeout", "3"))
             daemon.hidden = None if host.name == "h0" else folder
             bed.daemons.append(daemon)
             host.daemon = daemon
@@ -380,3 +406,79 @@ def test_a_stale_copy_is_refused_by_the_home_and_stops(netbeds: Callable[[int], 
     running: list[Any] = [app for app in (ps(d).get("stale") for d in bed.daemons) if app]
     assert [app["host"] for app in running if app["state"] == "running"].count("h1") == 0
     once_in_order(numbers(home_log(bed, "stale"), "n"))
+
+
+def test_rehome_hands_the_home_over_and_the_files_stay_served_by_the_old_home(bed: Bed) -> None:
+    h0, h1 = bed.daemons[0], bed.host("h1")
+    run(bed, "filer", FILER, "kept.txt")
+    past(bed, "filer", "wrote", 5)
+    out = h0.mig("rehome", "filer", "h1").stdout
+    assert "filer's home is h1 now (running there); its files: this host" in out, out
+    assert "filer" not in ps(h0)
+    app = ps(h1)["filer"]
+    assert (app["host"], app["home"], app["files_home"], app["state"]) == ("h1", "h1", "h0", "running")
+    log = h1.mig("logs", "filer").stdout
+    assert "wrote 1\n" in log and "filer's home moved here" in log, "the console came along"
+    h1.mig("send", "filer", "hello")  # input is typed at the new home now
+    wait_until(lambda: "got hello" in h1.mig("logs", "filer").stdout, 10, what="input at the new home")
+    written = wait_until(lambda: numbers((bed.folder / "kept.txt").read_text(), "line")[-1] > 40, 15)
+    assert written
+    once_in_order(numbers((bed.folder / "kept.txt").read_text(), "line"))
+    assert h1.ls(bed.folder) == [], "the files are still the old home's"
+    # The old home goes away: calls wait, then fail with one clear sentence; the app goes on and recovers.
+    bed.bed[0].cut()
+    try:
+        failed = wait_until(
+            lambda: re.findall(r"^write failed: (.*)$", h1.mig("logs", "filer").stdout, re.MULTILINE), 20
+        )
+    finally:
+        bed.bed[0].heal()
+    assert "h0, which serves filer's home I/O, has not answered for 3 s" in failed[0], failed
+    last = numbers(h1.mig("logs", "filer").stdout, "wrote")[-1]
+    wait_until(lambda: numbers(h1.mig("logs", "filer").stdout, "wrote")[-1] > last + 5, 30, what="writes again")
+    # Back home, with its files served where they are.
+    out = h1.mig("rehome", "filer", "h0", "--files", "move").stdout
+    app = ps(h0)["filer"]
+    assert (app["host"], app["home"], app["files_home"]) == ("h0", "h0", "h0")
+    assert "filer" not in ps(h1)
+    h0.mig("kill", "filer")
+
+
+def test_evacuate_with_rehome_takes_homes_and_files_along(bed: Bed) -> None:
+    h0, h2 = bed.daemons[0], bed.host("h2")
+    run(bed, "mover", FILER, "moved.txt")
+    past(bed, "mover", "wrote", 5)
+    out = h0.mig("evacuate", "--to", "h2", "--rehome", "--files", "move", timeout=60).stdout
+    assert "moved mover to h2" in out, out
+    app = ps(h2)["mover"]
+    assert (app["host"], app["home"], app["files_home"]) == ("h2", "h2", "h2")
+    assert "mover" not in ps(h0)
+    left_at_h0 = numbers((bed.folder / "moved.txt").read_text(), "line")
+    wait_until(lambda: "moved.txt" in h2.ls(bed.folder), 10, what="the file on the new home's disk")
+    time.sleep(0.5)
+    assert numbers((bed.folder / "moved.txt").read_text(), "line") == left_at_h0, "it still wrote at the old home"
+    h2.mig("kill", "mover")
+
+
+def test_lines_past_the_bound_while_the_home_is_away_are_marked_lost(
+    netbeds: Callable[[int], NetBed], tmp_path: Path
+) -> None:
+    bed = Bed(netbeds(3), tmp_path)
+    h1 = bed.host("h1")
+    h1.restart("--no-mdns", "--console-lines", "100")  # it keeps only the newest 100 lines of an app
+    run(bed, "bounded", PRINTER)
+    past(bed, "bounded", "n", 5)
+    move(bed, "bounded", "h1")
+    before = past(bed, "bounded", "n", numbers(home_log(bed, "bounded"), "n")[-1] + 5)[-1]
+    bed.bed[0].cut()
+    try:
+        wait_until(lambda: numbers(h1.mig("logs", "bounded").stdout, "n")[0] > before + 10, 20, what="lines dropped")
+    finally:
+        bed.bed[0].heal()
+    seen = past(bed, "bounded", "n", before + 300, timeout=30)
+    log = home_log(bed, "bounded")
+    lost = re.findall(r"^\[migrated\] (\d+) console lines were lost: the home was unreachable", log, re.MULTILINE)
+    assert len(lost) == 1, log[-2000:]
+    gap = [b - a - 1 for a, b in itertools.pairwise(seen) if b != a + 1]
+    assert gap == [int(lost[0])], f"the marker says {lost[0]} lines, the numbers skip {gap}"
+    assert seen == sorted(set(seen)) and seen[0] == 1, "a line came twice or out of order"

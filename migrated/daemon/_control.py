@@ -250,8 +250,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
             yield pb.EvacuateReport(app=name, moved=moved, message=message, downtime=downtime)
 
     async def Rehome(self, request: pb.RehomeRequest, context: Context) -> pb.AppInfo:
-        record = self.apps.get(request.name)
-        if record.running:
+        was_running = self.apps.get(request.name).running
+        if was_running:
             moved, where = await self.moves.move(
                 request.name, request.host, lambda _: None, rehome=True, move_files=request.move_files
             )
@@ -262,6 +262,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             )  # fmt: skip
         info = self.info(moved)
         info.host = info.home = where
+        info.state = pb.APP_STATE_RUNNING if was_running else pb.APP_STATE_CLOSED
         return info
 
     async def PingPeer(self, request: pb.PingPeerRequest, context: Context) -> pb.PingPeerReply:

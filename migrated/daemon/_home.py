@@ -53,11 +53,6 @@ RECONNECT_DELAY = 1.0
 Push = Callable[[_wire.Kind, bytes], None]
 
 
-def home_timeout() -> float:
-    """Seconds a call waits for an unreachable home before it fails (``MIGRATED_HOME_TIMEOUT``)."""
-    return float(os.environ.get("MIGRATED_HOME_TIMEOUT", "30"))
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """One event in a home's queue: its number and its payload (header and bytes) as the runner gets it."""
@@ -373,18 +368,18 @@ class Link:
         self.push(_wire.encode(kind, frame.payload))
 
     async def _expire(self) -> None:
-        """Fail the calls an unreachable host has left unanswered for ``home_timeout()`` seconds."""
+        """Fail the calls an unreachable host has left unanswered for the daemon's home timeout."""
         while True:
             await asyncio.sleep(1.0)
             if self._connected:
                 continue
-            limit = time.monotonic() - home_timeout()
+            limit = time.monotonic() - self.io.timeout
             for call, (sent, _) in list(self._unanswered.items()):
                 if sent < limit:
                     del self._unanswered[call]
                     error = (
                         f"{self.target_name}, which serves {self.app}'s home I/O, has not answered for "
-                        f"{home_timeout():.0f} s; its files and sockets are unavailable until it is back"
+                        f"{self.io.timeout:g} s; its files and sockets are unavailable until it is back"
                     )
                     answer = _wire.io_payload({"id": call, "errno": errno.EHOSTUNREACH, "error": error})
                     self.push(_wire.encode(_wire.Kind.IO_REPLY, answer))
@@ -393,14 +388,16 @@ class Link:
 class HomeIO:
     """Home I/O of every app on this host: the home side of those whose home is here, the links of visitors."""
 
-    def __init__(self, peers: Peers, host: str, tasks: asyncio.TaskGroup, state_dir: Path) -> None:
+    def __init__(
+        self, peers: Peers, host: str, tasks: asyncio.TaskGroup, state_dir: Path, timeout: float = 30.0
+    ) -> None:
         self.peers = peers
+        self.timeout = timeout  # seconds a call waits for an unreachable home
         self.host = host
         self._grants_file = state_dir / "file-grants.json"
         self._grants: dict[str, dict[str, str]] = _load_grants(self._grants_file)
         self._granted: dict[str, AppHome] = {}
         self._relays: dict[str, tuple[Link, dict[int, asyncio.Future[bytes]]]] = {}
-        self.session = uuid.uuid4().hex[:16]  # events are numbered anew with each daemon start
         self._tasks = tasks
         self._homes: dict[str, AppHome] = {}
         self._links: dict[str, Link] = {}
@@ -412,7 +409,7 @@ class HomeIO:
         home = self._homes.get(record.name)
         if home is None:
             cwd = record.spec.home_cwd or record.spec.cwd
-            home = self._homes[record.name] = AppHome(record.name, cwd, self.session)
+            home = self._homes[record.name] = AppHome(record.name, cwd, _new_session())
         home.relay = self._relay(record) if record.files_home else None
         return home
 
@@ -533,7 +530,7 @@ class HomeIO:
         first = await anext(aiter(requests))
         grant = self._grants.get(first.app)
         if grant is not None and grant["device"] == caller.device_id:
-            home = self._granted.get(first.app) or AppHome(first.app, grant["cwd"], self.session)
+            home = self._granted.get(first.app) or AppHome(first.app, grant["cwd"], _new_session())
             self._granted[first.app] = home
 
             def current() -> bool:
@@ -593,6 +590,12 @@ class HomeIO:
             home.detach(push)
         if superseded or not current():
             raise StaleCopyError(f"epoch {first.epoch} of {first.app!r} is stale (a newer copy runs); stop it")
+
+
+def _new_session() -> str:
+    """A numbering of events of its own: for each home side of an app (a daemon restart or a close starts anew,
+    and a copy's cursor from the old numbering must not skip the new events)."""
+    return uuid.uuid4().hex[:16]
 
 
 def _accepted(event: Event) -> str:

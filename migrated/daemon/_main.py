@@ -50,6 +50,13 @@ __all__ = ["main"]
     multiple=True,
     help="Run mDNS only on the interface with this IPv4 address (repeatable; default: all).",
 )
+@click.option(
+    "--home-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds an app's file or socket call waits for an unreachable home before it fails.",
+)
 @click.option("--handshake-timeout", type=float, default=10.0, hidden=True, help="Seconds a TLS handshake may take.")
 @click.option("--ready-fd", type=int, default=-1, hidden=True, help="Write 'ready' to this fd once serving.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -62,6 +69,7 @@ def main(
     peers: tuple[str, ...],
     mdns: bool | None,
     mdns_interfaces: tuple[str, ...],
+    home_timeout: float,
     handshake_timeout: float,
     ready_fd: int,
     verbose: bool,
@@ -86,6 +94,7 @@ def main(
             console_bytes=console_bytes,
             peers=peer_settings(file, listen=listen, peers=peers, mdns=mdns, interfaces=mdns_interfaces),
             handshake_timeout=handshake_timeout,
+            home_timeout=home_timeout,
         )
         asyncio.run(serve(config, ready=lambda: _signal_ready(ready_fd)))
     except MigError as exc:

@@ -37,6 +37,7 @@ class DaemonConfig:
     console_bytes: int = 64 * 1024 * 1024
     peers: PeerSettings = field(default_factory=PeerSettings)
     handshake_timeout: float = 10.0
+    home_timeout: float = 30.0
 
 
 async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) -> None:
@@ -65,7 +66,7 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
             await apps.load_saved()
             if store.unclean:
                 log.warning("the checkpoint store was not closed cleanly; quick_check: %s", store.problems or "ok")
-            home_io = HomeIO(peers, config.host, tasks, config.state_dir)
+            home_io = HomeIO(peers, config.host, tasks, config.state_dir, config.home_timeout)
             apps.io = home_io
             moves = Moves(apps, peers, config.state_dir, config.host, tasks, home_io)
             peers.serve_moves(moves)

@@ -52,6 +52,8 @@ BUFFER_SIZE = 256 * 1024
 """The buffer of a file opened at home."""
 READ_BLOCK = 1024 * 1024
 """What a sequential read fetches at a time, and asks for ahead."""
+READ_AHEAD = 4
+"""Blocks a sequential read keeps asked for ahead of the one it reads (one round trip each would cap it)."""
 MAX_READ = 16 * 1024 * 1024
 """The most one call reads (the home's ``MAX_READ``)."""
 WRITE_CHUNK = 4 * 1024 * 1024
@@ -318,7 +320,7 @@ class HomeRaw(io.RawIOBase):
         self._pos = self._end if mode.append else 0
         self._block = b""  # bytes read from the file at _block_at
         self._block_at = 0
-        self._ahead: tuple[int, int, int] | None = None  # a posted read: request, offset, size
+        self._ahead: list[tuple[int, int, int]] = []  # posted reads, in order: request, offset, size
         self._writes: collections.deque[tuple[int, int]] = collections.deque()  # posted: request, bytes
         self._in_flight = 0
         self._dropped: list[int] = []  # requests whose answers nobody wants
@@ -418,26 +420,28 @@ class HomeRaw(io.RawIOBase):
     def _fetch(self, size: int) -> None:
         """Make ``_block`` the bytes at the position: from the read asked ahead, or asked now."""
         sequential = self._pos == self._block_at + len(self._block) or self._pos == 0
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[1] == self._pos:
-            asked = ahead[2]
-            _, data = self._collect(ahead[0])
+        if self._ahead and self._ahead[0][1] == self._pos:
+            request, _, asked = self._ahead.pop(0)
+            _, data = self._collect(request)
         else:
-            if ahead is not None:
-                self._dropped.append(ahead[0])
+            self._forget_ahead()
             asked = min(max(size, READ_BLOCK if sequential else size), MAX_READ)
             _, data = self._call("file.read", {"offset": self._pos, "size": asked})
         self._block, self._block_at = data, self._pos
         if sequential and len(data) == asked:
-            offset = self._pos + asked
-            request = self._home.post("file.read", {"handle": self._handle, "offset": offset, "size": asked})
-            self._ahead = (request, offset, asked)
+            offset = self._ahead[-1][1] + self._ahead[-1][2] if self._ahead else self._pos + asked
+            while len(self._ahead) < READ_AHEAD:
+                request = self._home.post("file.read", {"handle": self._handle, "offset": offset, "size": asked})
+                self._ahead.append((request, offset, asked))
+                offset += asked
+
+    def _forget_ahead(self) -> None:
+        self._dropped.extend(request for request, _, _ in self._ahead)
+        self._ahead.clear()
 
     def _forget_reads(self) -> None:
         self._block, self._block_at = b"", 0
-        if self._ahead is not None:
-            self._dropped.append(self._ahead[0])
-            self._ahead = None
+        self._forget_ahead()
 
     # -- writing
 

@@ -81,7 +81,7 @@ class Home:
             if frame is None:
                 raise OSError(_errno.EIO, "the app's daemon went away")
             if frame.kind is _wire.Kind.OUT_ACK:
-                self.acknowledged(int(frame.json().get("out", 0)))
+                self.acknowledged(int(frame.io()[0].get("out", 0)))
                 continue
             header, _ = frame.io()
             self._replies[int(header.get("id", 0))] = frame
@@ -98,7 +98,7 @@ class Home:
             frame = self.link.recv_reply(_wire.Kind.OUT_ACK)
             if frame is None:
                 raise OSError(_errno.EIO, "the app's daemon went away")
-            self.acknowledged(int(frame.json().get("out", 0)))
+            self.acknowledged(int(frame.io()[0].get("out", 0)))
         self.out += 1
         header = {"out": self.out, "op": op, **args}
         self.outbox[self.out] = (header, data)

@@ -131,18 +131,17 @@ class Driver:
             self._checkpoint(frame.json())
 
     def _event(self, header: dict[str, Any], data: bytes) -> None:
-        """Input or a network event, once each: the cursor moves on even when the handler fails."""
+        """Input or a network event, once each. The cursor moves on before the handler runs: an event that
+        kills the app (even with ``os._exit``) is not delivered again to the copy brought back."""
         if not self.home.fresh(header):
             return
-        try:
-            if header.get("type") == "input":
-                self._call(self.app.on_input, data.decode("utf-8", errors="replace"))
-            else:
-                from migrated.runtime import _net
+        self.home.handled(header)
+        if header.get("type") == "input":
+            self._call(self.app.on_input, data.decode("utf-8", errors="replace"))
+        else:
+            from migrated.runtime import _net
 
-                self._call(_net.dispatch, self.app, header, data)
-        finally:
-            self.home.handled(header)
+            self._call(_net.dispatch, self.app, header, data)
 
     def _resume_home(self) -> None:
         """Take up the home line where the checkpoint left it, and tell the home (also on a first run)."""
