@@ -482,3 +482,49 @@ def test_lines_past_the_bound_while_the_home_is_away_are_marked_lost(
     gap = [b - a - 1 for a, b in itertools.pairwise(seen) if b != a + 1]
     assert gap == [int(lost[0])], f"the marker says {lost[0]} lines, the numbers skip {gap}"
     assert seen == sorted(set(seen)) and seen[0] == 1, "a line came twice or out of order"
+
+
+DIALER = """
+import migrated
+import migrated.net
+
+
+class Dialer(migrated.App):
+    def on_input(self, line):
+        self.conn = migrated.net.connect("127.0.0.1", int(line))  # the home's own loopback
+        self.conn.send(b"hello from afar\\n")
+
+    def on_data(self, conn, data):
+        print(f"reply {data.decode().strip()}")
+
+    def on_close(self, conn):
+        print("closed")
+"""
+
+# A one-shot server on h0's loopback, which no other host can reach: it answers one line and closes.
+SERVER = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+line = conn.makefile().readline()
+conn.sendall(f"home heard: {line.strip()}\\n".encode())
+conn.close()
+"""
+
+
+def test_connect_dials_from_the_home_host(bed: Bed) -> None:
+    server = bed.bed[0].popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        run(bed, "dialer", DIALER)
+        move(bed, "dialer", "h1")
+        bed.daemons[0].mig("send", "dialer", port)
+        wait_until(lambda: "\nclosed\n" in home_log(bed, "dialer"), 15, what="the reply and the close")
+        assert "reply home heard: hello from afar\n" in home_log(bed, "dialer")
+        server.wait(10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    bed.host("h1").mig("kill", "dialer")
