@@ -46,6 +46,7 @@ log = logging.getLogger("migrated.home")
 
 MAX_QUEUED = 16 * 1024 * 1024  # bytes of unhandled events before the home stops reading the app's sockets
 UNPAUSE_BELOW = 4 * 1024 * 1024
+MAX_UNSENT = 4 * 1024 * 1024  # bytes of the app's output waiting for slow peers before its sends wait
 REPLY_CACHE = 256  # answers kept for calls a reconnecting link may send again
 LINK_BATCH = 1 << 20
 RECONNECT_DELAY = 1.0
@@ -123,6 +124,9 @@ class AppHome:
         self._paused = False
         self._tail: asyncio.Future[None] | None = None
         self._answers: OrderedDict[int, bytes] = OrderedDict()
+        self._pending: set[int] = set()  # calls being carried out
+        self._ack_to: Push | None = None  # where the acknowledgement of output held back for slow peers goes
+        self._draining: asyncio.Future[None] | None = None
 
     # -- where the app runs
 
@@ -144,7 +148,9 @@ class AppHome:
 
     async def close(self) -> None:
         """The app ended: close its sockets and files, forget its events."""
-        self._push = self._close_link = None
+        if self._draining is not None:
+            self._draining.cancel()
+        self._push = self._close_link = self._ack_to = None
         self._delivering = False
         self.queue.clear()
         await self.net.close_all()
@@ -191,16 +197,33 @@ class AppHome:
             if out > self.out_applied:
                 self.net.apply(str(header.get("op", "")), header, data)
                 self.out_applied = out
-            push(_wire.Kind.OUT_ACK, _wire.io_payload({"out": self.out_applied}))
+            self._ack_to = push
+            if self.net.buffered() <= MAX_UNSENT:
+                push(_wire.Kind.OUT_ACK, _wire.io_payload({"out": self.out_applied}))
+            elif self._draining is None:  # a peer reads slowly: the app's sends wait, not this daemon's memory
+                self._draining = asyncio.ensure_future(self._drain())
         elif kind == _wire.Kind.IO:
             call = int(header.get("id", 0))
             if call in self._answers:
                 push(_wire.Kind.IO_REPLY, self._answers[call])
                 return
             previous = self._tail
+            if call in self._pending:  # sent again while the first is still being carried out: answer both
+                self._tail = asyncio.ensure_future(self._repeat_after(previous, call, push))
+                return
+            self._pending.add(call)
             self._tail = asyncio.ensure_future(self._call_after(previous, call, header, data, push))
         else:
             raise _wire.FrameError(f"a {frame.kind.name} frame does not go to an app's home")
+
+    async def _drain(self) -> None:
+        """Acknowledge the app's output once slow peers have taken most of what waits for them."""
+        try:
+            await self.net.wait_buffered(MAX_UNSENT // 2)
+        finally:
+            self._draining = None
+        if self._ack_to is not None:
+            self._ack_to(_wire.Kind.OUT_ACK, _wire.io_payload({"out": self.out_applied}))
 
     async def _call_after(
         self, previous: Awaitable[None] | None, call: int, header: dict[str, Any], data: bytes, push: Push
@@ -210,10 +233,19 @@ class AppHome:
             with contextlib.suppress(BaseException):
                 await previous
         answer = await self._answer(call, header, data)
+        self._pending.discard(call)
         self._answers[call] = answer
         while len(self._answers) > REPLY_CACHE:
             self._answers.popitem(last=False)
         push(_wire.Kind.IO_REPLY, answer)
+
+    async def _repeat_after(self, previous: Awaitable[None] | None, call: int, push: Push) -> None:
+        if previous is not None:
+            with contextlib.suppress(BaseException):
+                await previous
+        answer = self._answers.get(call)
+        if answer is not None:
+            push(_wire.Kind.IO_REPLY, answer)
 
     async def _answer(self, call: int, header: dict[str, Any], data: bytes) -> bytes:
         op = str(header.get("op", ""))

@@ -49,6 +49,7 @@ class NetHome:
         self._streams: dict[str, _Stream] = {}
         self._starting: set[asyncio.Task[Any]] = set()
         self._paused = False
+        self._drained = asyncio.Event()  # set whenever a slow peer took what waited for it, or went away
 
     # -- calls from the app
 
@@ -144,6 +145,12 @@ class NetHome:
         """Bytes the app sent that wait in this daemon for slow peers."""
         return sum(stream.buffered() for stream in self._streams.values())
 
+    async def wait_buffered(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes of the app's output wait here for slow peers."""
+        while self.buffered() > limit:
+            self._drained.clear()
+            await self._drained.wait()
+
     async def close_all(self) -> None:
         """The app ended: close every listener and connection (output already sent is flushed for a while)."""
         for listener_id in list(self._listeners):
@@ -207,7 +214,7 @@ class NetHome:
     # -- connections
 
     def _add_stream(self, peer: str) -> _Stream:
-        stream = _Stream(self._new_id("c"), peer, self._lost, self._emit)
+        stream = _Stream(self._new_id("c"), peer, self._lost, self._emit, self._drained.set)
         if self._paused:
             stream.pause()
         self._streams[stream.id] = stream
@@ -287,11 +294,19 @@ class _Listener:
 class _Stream(asyncio.Protocol):
     """One connection: its bytes become ``data`` events; the app's output is written in order."""
 
-    def __init__(self, conn_id: str, peer: str, lost: Callable[[_Stream, str], None], emit: Emit) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        peer: str,
+        lost: Callable[[_Stream, str], None],
+        emit: Emit,
+        drained: Callable[[], None] = lambda: None,
+    ) -> None:
         self.id = conn_id
         self.peer = peer
         self._lost = lost
         self._emit = emit
+        self._drained = drained
         self.transport: asyncio.Transport | None = None
         self._early: list[bytes] = []  # output that came before the transport
         self._closing = False
@@ -321,6 +336,10 @@ class _Stream(asyncio.Protocol):
         self._lost(self, reason)
         if not self.lost.done():
             self.lost.set_result(None)
+        self._drained()
+
+    def resume_writing(self) -> None:
+        self._drained()
 
     def write(self, data: bytes) -> None:
         if self._closing:
