@@ -528,3 +528,14 @@ def test_connect_dials_from_the_home_host(bed: Bed) -> None:
         if server.poll() is None:
             server.kill()
     bed.host("h1").mig("kill", "dialer")
+
+
+def test_the_home_shows_how_an_app_ended_away(bed: Bed) -> None:
+    run(bed, "quitter", PRINTER.replace('print(f"got {line}")', "self.exit(3)"))
+    move(bed, "quitter", "h2")
+    bed.daemons[0].mig("send", "quitter", "quit")
+    home = wait_until(
+        lambda: (app := ps(bed.daemons[0])["quitter"])["state"] == "exited" and app, 15, what="exited at home"
+    )
+    assert (home["host"], home["reason"]) == ("h2", "the app exited with code 3")
+    bed.host("h2").mig("rm", "quitter")

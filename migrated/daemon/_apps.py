@@ -97,6 +97,7 @@ class AppRecord:
     files_home_name: str = ""
     moving: bool = False
     remote_pid: int = 0  # the runner's pid on ``host``
+    remote_state: str = ""  # while AWAY: its state there, as its host last said
     console_applied: int = 0  # while AWAY: the last console line of the remote copy applied here
     console_session: float = 0.0  # and the start of the daemon that numbered it
     crash_times: list[float] = field(default_factory=list)

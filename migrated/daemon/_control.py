@@ -56,7 +56,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         spec = record.spec
         return pb.AppInfo(
             name=spec.name,
-            state=pb.APP_STATE_MOVING if record.moving else _STATES[record.state],
+            state=pb.APP_STATE_MOVING if record.moving else _state(record),
             kind=_KINDS[spec.kind],
             host=record.host or self.host,
             home=record.home or self.host,
@@ -268,6 +268,16 @@ class ControlService(control_pb2_grpc.ControlServicer):
     async def PingPeer(self, request: pb.PingPeerRequest, context: Context) -> pb.PingPeerReply:
         row, rtts = await self.peers.ping(request.host, request.count)
         return pb.PingPeerReply(peer=_peer_info(row), rtt_ms=rtts)
+
+
+def _state(record: AppRecord) -> pb.AppState.ValueType:
+    """Its state here, or, while it runs away, as its host last said."""
+    if record.state is State.AWAY and record.remote_state:
+        try:
+            return _STATES[State(record.remote_state)]
+        except ValueError:
+            pass
+    return _STATES[record.state]
 
 
 def _peer_info(row: PeerRow) -> pb.PeerInfo:

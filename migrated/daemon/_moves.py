@@ -457,6 +457,7 @@ class Moves:
 
     def _mark_away(self, record: AppRecord, peer: PairedPeer, pid: int) -> None:
         record.state, record.host, record.host_device, record.remote_pid = State.AWAY, peer.name, peer.device_id, pid
+        record.remote_state, record.reason = "", ""
         record.home, record.home_device, record.console_applied = "", "", 0
         self.apps.save(record)
 
@@ -712,6 +713,8 @@ class Moves:
         lower one comes from a stale copy, which is refused and told to stop.
         """
         record = self.fence(request.app, request.epoch, caller)
+        if request.state:  # how it is doing there, for mig ps here
+            record.remote_state, record.reason = request.state, request.reason
         if request.session != record.console_session:  # the host restarted: its numbering starts anew
             record.console_session, record.console_applied = request.session, 0
         skip = record.console_applied + 1 - request.first_seq
@@ -733,7 +736,7 @@ class Moves:
             if epoch == record.epoch:
                 raise AppStateError(f"{app!r} at epoch {epoch} runs on {record.host}, not here")
             record.epoch, record.host, record.host_device = epoch, caller.name, caller.device_id
-            record.console_applied = 0
+            record.console_applied, record.remote_state = 0, ""
             self.apps.save(record)
         return record
 
@@ -765,6 +768,8 @@ class Moves:
                     first_seq=first,
                     lines=lines,
                     session=self._session,
+                    state=record.state.value,
+                    reason=record.reason,
                 )
                 try:
                     peer, address = self.peers.paired_target(record.home_device)

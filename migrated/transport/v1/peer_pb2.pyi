@@ -672,12 +672,18 @@ class ConsoleAppendRequest(_message.Message):
     FIRST_SEQ_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     epoch: _builtins.int
     first_seq: _builtins.int
     """the sender's sequence number of the first line; the home applies each once"""
     session: _builtins.float
     """when the sender's daemon started: its console numbering starts anew with it"""
+    state: _builtins.str
+    """the app's state on the sender (running, crashed, exited, closed, ...)"""
+    reason: _builtins.str
+    """why it ended there, when it did"""
     @_builtins.property
     def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
@@ -688,10 +694,12 @@ class ConsoleAppendRequest(_message.Message):
         first_seq: _builtins.int = ...,
         lines: _abc.Iterable[_builtins.bytes] | None = ...,
         session: _builtins.float = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "epoch", b"epoch", "first_seq", b"first_seq", "lines", b"lines", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "epoch", b"epoch", "first_seq", b"first_seq", "lines", b"lines", "reason", b"reason", "session", b"session", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
