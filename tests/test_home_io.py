@@ -539,3 +539,40 @@ def test_the_home_shows_how_an_app_ended_away(bed: Bed) -> None:
     )
     assert (home["host"], home["reason"]) == ("h2", "the app exited with code 3")
     bed.host("h2").mig("rm", "quitter")
+
+
+SLOW = """
+import time
+
+import migrated
+
+
+class Slow(migrated.App):
+    def on_input(self, line):
+        time.sleep(0.3)
+        print(f"got {line}", flush=True)
+"""
+
+
+def test_input_not_yet_handled_goes_along_with_a_rehome(bed: Bed) -> None:
+    """The app handles a line in 0.3 s and lines come every 50 ms, so some wait at the old home when it freezes."""
+    h0, h1 = bed.daemons[0], bed.host("h1")
+    run(bed, "slow", SLOW.replace("0.3", "0.1"))
+    rehome = threading.Thread(target=lambda: h0.mig("rehome", "slow", "h1", timeout=120), daemon=True)
+    sent = 0
+    while sent < 3 or rehome.is_alive():
+        if h0.mig("send", "slow", str(sent + 1), check=None).returncode != 0:
+            break  # the home moved on: input is typed at h1 now
+        sent += 1
+        if sent == 3:
+            rehome.start()
+        time.sleep(0.02)
+    rehome.join(60)
+    assert sent > 3
+
+    def arrived() -> list[int] | None:
+        got = numbers(h1.mig("logs", "slow").stdout, "got")
+        return got if got and got[-1] == sent else None
+
+    once_in_order(wait_until(arrived, 30, what="every line typed at the old home"))
+    h1.mig("kill", "slow")

@@ -96,6 +96,7 @@ class AppRecord:
     files_home: str = ""  # device id of the host that serves its files when its home does not ("": the home)
     files_home_name: str = ""
     moving: bool = False
+    handing_home: str = ""  # the host its home is being handed to (input is refused here from then on)
     remote_pid: int = 0  # the runner's pid on ``host``
     remote_state: str = ""  # while AWAY: its state there, as its host last said
     console_applied: int = 0  # while AWAY: the last console line of the remote copy applied here
@@ -386,6 +387,10 @@ class AppTable:
             raise AppStateError(f"{name!r} takes its input at its home {record.home}; mig send it there")
         if record.state not in (State.RUNNING, State.AWAY, State.STARTING):
             raise AppStateError(f"{name!r} is not running (it {record.state.value}); it cannot take input")
+        if record.handing_home:
+            raise AppStateError(
+                f"{name!r}'s home is moving to {record.handing_home}; type the input there once mig rehome is done"
+            )
         if self.io is not None:
             self.io.input(record, text)
         elif record.runner is not None:

@@ -530,6 +530,18 @@ class HomeIO:
         if relay is not None and relay[0].task is not None:
             relay[0].task.cancel()
 
+    def unhandled_input(self, name: str) -> list[bytes]:
+        """Lines typed here that the app has not handled yet (its home moves: they go along)."""
+        home = self._homes.get(name)
+        if home is None:
+            return []
+        lines = []
+        for event in home.queue.after("", 0):
+            header, data = _wire.Frame(_wire.Kind.EVENT, event.payload).io()
+            if header.get("type") == "input":
+                lines.append(data)
+        return lines
+
     def input(self, record: AppRecord, text: str) -> None:
         """Lines typed at home, for the app wherever it runs."""
         home = self.home(record)

@@ -164,6 +164,7 @@ class Moves:
         self._closed_moves: set[str] = set()  # moves of apps that did not run: undoing one runs nothing
         self._rehomes: dict[str, dict[str, str]] = {}  # moves that hand the home role over, by migration
         self._arrivals: dict[str, list[bytes]] = {}  # console lines an old home sent with a prepared rehome
+        self._arrived_input: dict[str, list[str]] = {}  # and the input it had not delivered
 
     def _spawn(self, work: Any, name: str) -> None:
         """Run ``work`` in the daemon's task group until done or until ``close``."""
@@ -292,6 +293,8 @@ class Moves:
             request.files_home, request.files_home_name = plan["files_home"], plan["files_home_name"]
             tail = record.console.log.read(record.console.log.tail_start(CONSOLE_TAIL), CONSOLE_TAIL, 4 << 20)
             request.console.extend(data for _, data in tail.lines)
+            record.handing_home = plan["home_name"]  # what is typed here from now on would be left behind
+            request.input.extend(self.home_io.unhandled_input(record.name))
         return request
 
     def _rehome_plan(self, record: AppRecord, peer: PairedPeer, move_files: bool) -> dict[str, str]:
@@ -405,7 +408,7 @@ class Moves:
         for action in actions:
             if isinstance(action, Abort):
                 self._spawn(self._send_abort(source, peer), f"abort {source.id}")
-        record.moving = False
+        record.moving, record.handing_home = False, ""
         if frozen and record.runner is not None and record.state is State.RUNNING:
             with contextlib.suppress(MigError):
                 await record.runner.resume()
@@ -577,6 +580,7 @@ class Moves:
                 raise AppStateError(action.reason)
         if request.rehome:
             self._arrivals[ref.id] = list(request.console)
+            self._arrived_input[ref.id] = [line.decode(errors="replace") for line in request.input]
         await fault_point("destination-prepared")
 
     async def commit(self, request: pb.CommitRequest) -> int:
@@ -669,6 +673,8 @@ class Moves:
         )
         if not home_here:
             self._start_forwarder(record)
+        for line in self._arrived_input.pop(entry["id"], []):
+            self.home_io.input(record, line)
         return record
 
     def _known_epoch(self, app: str) -> int:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from migrated.transport.v1 import checkpoint_pb2 as migrated_dot_v1_dot_checkpoint__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16migrated/v1/peer.proto\x12\x0bmigrated.v1\x1a\x1cmigrated/v1/checkpoint.proto\"c\n\tPeerHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63lient_cert_pem\x18\x03 \x01(\x0c\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12\x0f\n\x07version\x18\x05 \x01(\t\"Q\n\x10PairBeginRequest\x12&\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x16.migrated.v1.PeerHello\x12\x15\n\rspake_message\x18\x02 \x01(\x0c\"q\n\x0ePairBeginReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12&\n\x06server\x18\x02 \x01(\x0b\x32\x16.migrated.v1.PeerHello\x12\x15\n\rspake_message\x18\x03 \x01(\x0c\x12\x0f\n\x07\x63onfirm\x18\x04 \x01(\x0c\"5\n\x11PairFinishRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07\x63onfirm\x18\x02 \x01(\x0c\"\x11\n\x0fPairFinishReply\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x81\x01\n\tPingReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05proto\x18\x04 \x01(\x05\x12\x14\n\x0c\x61pps_running\x18\x05 \x01(\x05\x12\x0c\n\x04load\x18\x06 \x01(\x01\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"6\n\x0cMigrationRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"H\n\tChunkData\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\r\n\x05\x63odec\x18\x02 \x01(\r\x12\x10\n\x08raw_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"s\n\x10PreflightRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x31\n\x08manifest\x18\x02 \x01(\x0b\x32\x1f.migrated.v1.CheckpointManifest\"\"\n\x0ePreflightReply\x12\x10\n\x08problems\x18\x01 \x03(\t\" \n\x0eMissingRequest\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\x1f\n\x0cMissingReply\x12\x0f\n\x07missing\x18\x01 \x03(\x0c\"\x97\x01\n\x0cStageRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x31\n\x08manifest\x18\x02 \x01(\x0b\x32\x1f.migrated.v1.CheckpointManifest\x12&\n\x06\x63hunks\x18\x03 \x03(\x0b\x32\x16.migrated.v1.ChunkData\"3\n\nStageReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x62ytes_stored\x18\x02 \x01(\x04\"z\n\x0b\x41ppSettings\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tapp_class\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x10\n\x08\x61utosave\x18\x04 \x01(\x01\x12\x0c\n\x04keep\x18\x05 \x01(\t\x12\x0f\n\x07restart\x18\x06 \x01(\t\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\"\x86\x02\n\x0ePrepareRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x16\n\x0estaged_version\x18\x02 \x01(\x04\x12*\n\x08settings\x18\x03 \x01(\x0b\x32\x18.migrated.v1.AppSettings\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\x16\n\x0ehome_device_id\x18\x05 \x01(\t\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x0e\n\x06rehome\x18\x07 \x01(\x08\x12\x12\n\nfiles_home\x18\x08 \x01(\t\x12\x17\n\x0f\x66iles_home_name\x18\t \x01(\t\x12\x0f\n\x07\x63onsole\x18\n \x03(\x0c\"\x0e\n\x0cPrepareReply\"=\n\rCommitRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x1a\n\x0b\x43ommitReply\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"<\n\x0c\x41\x62ortRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x0c\n\nAbortReply\"?\n\x0f\x44\x65\x63isionRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x1e\n\rDecisionReply\x12\r\n\x05state\x18\x01 \x01(\t\".\n\x10\x43loseAwayRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"\x10\n\x0e\x43loseAwayReply\"\x84\x01\n\x14\x43onsoleAppendRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\r\n\x05lines\x18\x04 \x03(\x0c\x12\x0f\n\x07session\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\"(\n\x12\x43onsoleAppendReply\x12\x12\n\napplied_to\x18\x01 \x01(\x04\"(\n\x07IoFrame\x12\x0c\n\x04kind\x18\x01 \x01(\r\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x87\x01\n\x06LinkUp\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\x12\x16\n\x0e\x63ursor_session\x18\x04 \x01(\t\x12\x12\n\ncursor_seq\x18\x05 \x01(\x04\x12$\n\x06\x66rames\x18\x06 \x03(\x0b\x32\x14.migrated.v1.IoFrame\"0\n\x08LinkDown\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.migrated.v1.IoFrame2\x9e\x01\n\x07Pairing\x12G\n\tPairBegin\x12\x1d.migrated.v1.PairBeginRequest\x1a\x1b.migrated.v1.PairBeginReply\x12J\n\nPairFinish\x12\x1e.migrated.v1.PairFinishRequest\x1a\x1c.migrated.v1.PairFinishReply2\xeb\x05\n\x04Peer\x12\x38\n\x04Ping\x12\x18.migrated.v1.PingRequest\x1a\x16.migrated.v1.PingReply\x12G\n\tPreflight\x12\x1d.migrated.v1.PreflightRequest\x1a\x1b.migrated.v1.PreflightReply\x12\x41\n\x07Missing\x12\x1b.migrated.v1.MissingRequest\x1a\x19.migrated.v1.MissingReply\x12=\n\x05Stage\x12\x19.migrated.v1.StageRequest\x1a\x17.migrated.v1.StageReply(\x01\x12\x41\n\x07Prepare\x12\x1b.migrated.v1.PrepareRequest\x1a\x19.migrated.v1.PrepareReply\x12>\n\x06\x43ommit\x12\x1a.migrated.v1.CommitRequest\x1a\x18.migrated.v1.CommitReply\x12;\n\x05\x41\x62ort\x12\x19.migrated.v1.AbortRequest\x1a\x17.migrated.v1.AbortReply\x12\x44\n\x08\x44\x65\x63ision\x12\x1c.migrated.v1.DecisionRequest\x1a\x1a.migrated.v1.DecisionReply\x12S\n\rConsoleAppend\x12!.migrated.v1.ConsoleAppendRequest\x1a\x1f.migrated.v1.ConsoleAppendReply\x12G\n\tCloseAway\x12\x1d.migrated.v1.CloseAwayRequest\x1a\x1b.migrated.v1.CloseAwayReply\x12:\n\x08HomeLink\x12\x13.migrated.v1.LinkUp\x1a\x15.migrated.v1.LinkDown(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16migrated/v1/peer.proto\x12\x0bmigrated.v1\x1a\x1cmigrated/v1/checkpoint.proto\"c\n\tPeerHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63lient_cert_pem\x18\x03 \x01(\x0c\x12\x0c\n\x04port\x18\x04 \x01(\x05\x12\x0f\n\x07version\x18\x05 \x01(\t\"Q\n\x10PairBeginRequest\x12&\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x16.migrated.v1.PeerHello\x12\x15\n\rspake_message\x18\x02 \x01(\x0c\"q\n\x0ePairBeginReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12&\n\x06server\x18\x02 \x01(\x0b\x32\x16.migrated.v1.PeerHello\x12\x15\n\rspake_message\x18\x03 \x01(\x0c\x12\x0f\n\x07\x63onfirm\x18\x04 \x01(\x0c\"5\n\x11PairFinishRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07\x63onfirm\x18\x02 \x01(\x0c\"\x11\n\x0fPairFinishReply\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x81\x01\n\tPingReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05proto\x18\x04 \x01(\x05\x12\x14\n\x0c\x61pps_running\x18\x05 \x01(\x05\x12\x0c\n\x04load\x18\x06 \x01(\x01\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"6\n\x0cMigrationRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"H\n\tChunkData\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\r\n\x05\x63odec\x18\x02 \x01(\r\x12\x10\n\x08raw_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"s\n\x10PreflightRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x31\n\x08manifest\x18\x02 \x01(\x0b\x32\x1f.migrated.v1.CheckpointManifest\"\"\n\x0ePreflightReply\x12\x10\n\x08problems\x18\x01 \x03(\t\" \n\x0eMissingRequest\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\x1f\n\x0cMissingReply\x12\x0f\n\x07missing\x18\x01 \x03(\x0c\"\x97\x01\n\x0cStageRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x31\n\x08manifest\x18\x02 \x01(\x0b\x32\x1f.migrated.v1.CheckpointManifest\x12&\n\x06\x63hunks\x18\x03 \x03(\x0b\x32\x16.migrated.v1.ChunkData\"3\n\nStageReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x62ytes_stored\x18\x02 \x01(\x04\"z\n\x0b\x41ppSettings\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tapp_class\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x10\n\x08\x61utosave\x18\x04 \x01(\x01\x12\x0c\n\x04keep\x18\x05 \x01(\t\x12\x0f\n\x07restart\x18\x06 \x01(\t\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\"\x95\x02\n\x0ePrepareRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\x12\x16\n\x0estaged_version\x18\x02 \x01(\x04\x12*\n\x08settings\x18\x03 \x01(\x0b\x32\x18.migrated.v1.AppSettings\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\x16\n\x0ehome_device_id\x18\x05 \x01(\t\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x0e\n\x06rehome\x18\x07 \x01(\x08\x12\x12\n\nfiles_home\x18\x08 \x01(\t\x12\x17\n\x0f\x66iles_home_name\x18\t \x01(\t\x12\x0f\n\x07\x63onsole\x18\n \x03(\x0c\x12\r\n\x05input\x18\x0b \x03(\x0c\"\x0e\n\x0cPrepareReply\"=\n\rCommitRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x1a\n\x0b\x43ommitReply\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"<\n\x0c\x41\x62ortRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x0c\n\nAbortReply\"?\n\x0f\x44\x65\x63isionRequest\x12,\n\tmigration\x18\x01 \x01(\x0b\x32\x19.migrated.v1.MigrationRef\"\x1e\n\rDecisionReply\x12\r\n\x05state\x18\x01 \x01(\t\".\n\x10\x43loseAwayRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"\x10\n\x0e\x43loseAwayReply\"\x84\x01\n\x14\x43onsoleAppendRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\r\n\x05lines\x18\x04 \x03(\x0c\x12\x0f\n\x07session\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\"(\n\x12\x43onsoleAppendReply\x12\x12\n\napplied_to\x18\x01 \x01(\x04\"(\n\x07IoFrame\x12\x0c\n\x04kind\x18\x01 \x01(\r\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x87\x01\n\x06LinkUp\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\x12\x16\n\x0e\x63ursor_session\x18\x04 \x01(\t\x12\x12\n\ncursor_seq\x18\x05 \x01(\x04\x12$\n\x06\x66rames\x18\x06 \x03(\x0b\x32\x14.migrated.v1.IoFrame\"0\n\x08LinkDown\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.migrated.v1.IoFrame2\x9e\x01\n\x07Pairing\x12G\n\tPairBegin\x12\x1d.migrated.v1.PairBeginRequest\x1a\x1b.migrated.v1.PairBeginReply\x12J\n\nPairFinish\x12\x1e.migrated.v1.PairFinishRequest\x1a\x1c.migrated.v1.PairFinishReply2\xeb\x05\n\x04Peer\x12\x38\n\x04Ping\x12\x18.migrated.v1.PingRequest\x1a\x16.migrated.v1.PingReply\x12G\n\tPreflight\x12\x1d.migrated.v1.PreflightRequest\x1a\x1b.migrated.v1.PreflightReply\x12\x41\n\x07Missing\x12\x1b.migrated.v1.MissingRequest\x1a\x19.migrated.v1.MissingReply\x12=\n\x05Stage\x12\x19.migrated.v1.StageRequest\x1a\x17.migrated.v1.StageReply(\x01\x12\x41\n\x07Prepare\x12\x1b.migrated.v1.PrepareRequest\x1a\x19.migrated.v1.PrepareReply\x12>\n\x06\x43ommit\x12\x1a.migrated.v1.CommitRequest\x1a\x18.migrated.v1.CommitReply\x12;\n\x05\x41\x62ort\x12\x19.migrated.v1.AbortRequest\x1a\x17.migrated.v1.AbortReply\x12\x44\n\x08\x44\x65\x63ision\x12\x1c.migrated.v1.DecisionRequest\x1a\x1a.migrated.v1.DecisionReply\x12S\n\rConsoleAppend\x12!.migrated.v1.ConsoleAppendRequest\x1a\x1f.migrated.v1.ConsoleAppendReply\x12G\n\tCloseAway\x12\x1d.migrated.v1.CloseAwayRequest\x1a\x1b.migrated.v1.CloseAwayReply\x12:\n\x08HomeLink\x12\x13.migrated.v1.LinkUp\x1a\x15.migrated.v1.LinkDown(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,37 +65,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPSETTINGS']._serialized_start=1163
   _globals['_APPSETTINGS']._serialized_end=1285
   _globals['_PREPAREREQUEST']._serialized_start=1288
-  _globals['_PREPAREREQUEST']._serialized_end=1550
-  _globals['_PREPAREREPLY']._serialized_start=1552
-  _globals['_PREPAREREPLY']._serialized_end=1566
-  _globals['_COMMITREQUEST']._serialized_start=1568
-  _globals['_COMMITREQUEST']._serialized_end=1629
-  _globals['_COMMITREPLY']._serialized_start=1631
-  _globals['_COMMITREPLY']._serialized_end=1657
-  _globals['_ABORTREQUEST']._serialized_start=1659
-  _globals['_ABORTREQUEST']._serialized_end=1719
-  _globals['_ABORTREPLY']._serialized_start=1721
-  _globals['_ABORTREPLY']._serialized_end=1733
-  _globals['_DECISIONREQUEST']._serialized_start=1735
-  _globals['_DECISIONREQUEST']._serialized_end=1798
-  _globals['_DECISIONREPLY']._serialized_start=1800
-  _globals['_DECISIONREPLY']._serialized_end=1830
-  _globals['_CLOSEAWAYREQUEST']._serialized_start=1832
-  _globals['_CLOSEAWAYREQUEST']._serialized_end=1878
-  _globals['_CLOSEAWAYREPLY']._serialized_start=1880
-  _globals['_CLOSEAWAYREPLY']._serialized_end=1896
-  _globals['_CONSOLEAPPENDREQUEST']._serialized_start=1899
-  _globals['_CONSOLEAPPENDREQUEST']._serialized_end=2031
-  _globals['_CONSOLEAPPENDREPLY']._serialized_start=2033
-  _globals['_CONSOLEAPPENDREPLY']._serialized_end=2073
-  _globals['_IOFRAME']._serialized_start=2075
-  _globals['_IOFRAME']._serialized_end=2115
-  _globals['_LINKUP']._serialized_start=2118
-  _globals['_LINKUP']._serialized_end=2253
-  _globals['_LINKDOWN']._serialized_start=2255
-  _globals['_LINKDOWN']._serialized_end=2303
-  _globals['_PAIRING']._serialized_start=2306
-  _globals['_PAIRING']._serialized_end=2464
-  _globals['_PEER']._serialized_start=2467
-  _globals['_PEER']._serialized_end=3214
+  _globals['_PREPAREREQUEST']._serialized_end=1565
+  _globals['_PREPAREREPLY']._serialized_start=1567
+  _globals['_PREPAREREPLY']._serialized_end=1581
+  _globals['_COMMITREQUEST']._serialized_start=1583
+  _globals['_COMMITREQUEST']._serialized_end=1644
+  _globals['_COMMITREPLY']._serialized_start=1646
+  _globals['_COMMITREPLY']._serialized_end=1672
+  _globals['_ABORTREQUEST']._serialized_start=1674
+  _globals['_ABORTREQUEST']._serialized_end=1734
+  _globals['_ABORTREPLY']._serialized_start=1736
+  _globals['_ABORTREPLY']._serialized_end=1748
+  _globals['_DECISIONREQUEST']._serialized_start=1750
+  _globals['_DECISIONREQUEST']._serialized_end=1813
+  _globals['_DECISIONREPLY']._serialized_start=1815
+  _globals['_DECISIONREPLY']._serialized_end=1845
+  _globals['_CLOSEAWAYREQUEST']._serialized_start=1847
+  _globals['_CLOSEAWAYREQUEST']._serialized_end=1893
+  _globals['_CLOSEAWAYREPLY']._serialized_start=1895
+  _globals['_CLOSEAWAYREPLY']._serialized_end=1911
+  _globals['_CONSOLEAPPENDREQUEST']._serialized_start=1914
+  _globals['_CONSOLEAPPENDREQUEST']._serialized_end=2046
+  _globals['_CONSOLEAPPENDREPLY']._serialized_start=2048
+  _globals['_CONSOLEAPPENDREPLY']._serialized_end=2088
+  _globals['_IOFRAME']._serialized_start=2090
+  _globals['_IOFRAME']._serialized_end=2130
+  _globals['_LINKUP']._serialized_start=2133
+  _globals['_LINKUP']._serialized_end=2268
+  _globals['_LINKDOWN']._serialized_start=2270
+  _globals['_LINKDOWN']._serialized_end=2318
+  _globals['_PAIRING']._serialized_start=2321
+  _globals['_PAIRING']._serialized_end=2479
+  _globals['_PEER']._serialized_start=2482
+  _globals['_PEER']._serialized_end=3229
 # @@protoc_insertion_point(module_scope)

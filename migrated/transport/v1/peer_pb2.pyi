@@ -455,6 +455,7 @@ class PrepareRequest(_message.Message):
     FILES_HOME_FIELD_NUMBER: _builtins.int
     FILES_HOME_NAME_FIELD_NUMBER: _builtins.int
     CONSOLE_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     staged_version: _builtins.int
     home: _builtins.str
     """the home host's name"""
@@ -474,6 +475,10 @@ class PrepareRequest(_message.Message):
     def console(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """with rehome: the newest console lines the old home kept"""
 
+    @_builtins.property
+    def input(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """with rehome: input typed at the old home that the app has not handled yet"""
+
     def __init__(
         self,
         *,
@@ -487,10 +492,11 @@ class PrepareRequest(_message.Message):
         files_home: _builtins.str = ...,
         files_home_name: _builtins.str = ...,
         console: _abc.Iterable[_builtins.bytes] | None = ...,
+        input: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "console", b"console", "files_home", b"files_home", "files_home_name", b"files_home_name", "home", b"home", "home_device_id", b"home_device_id", "migration", b"migration", "rehome", b"rehome", "settings", b"settings", "staged_version", b"staged_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "console", b"console", "files_home", b"files_home", "files_home_name", b"files_home_name", "home", b"home", "home_device_id", b"home_device_id", "input", b"input", "migration", b"migration", "rehome", b"rehome", "settings", b"settings", "staged_version", b"staged_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
