@@ -243,6 +243,11 @@ def past(bed: Bed, name: str, word: str, beyond: int, timeout: float = 20.0) -> 
     return wait_until(further, timeout, what=f"{name}'s {word} past {beyond} at home")
 
 
+def onward(bed: Bed, name: str, word: str, more: int) -> list[int]:
+    """Wait until the home shows ``more`` numbers past the last it shows now; return every number it shows."""
+    return past(bed, name, word, numbers(home_log(bed, name), word)[-1] + more)
+
+
 class Follower:
     """``mig logs -f NAME`` at home, in the background, as a person would leave it running."""
 
@@ -313,13 +318,13 @@ def test_files_at_home_are_read_and_written_wherever_the_app_runs(bed: Bed) -> N
     run(bed, "appender", APPENDER)
     past(bed, "appender", "read", 20)
     move(bed, "appender", "h1")
-    past(bed, "appender", "read", numbers(home_log(bed, "appender"), "read")[-1] + 20)
+    onward(bed, "appender", "read", 20)
     h1 = bed.host("h1")
     assert h1.ls(bed.folder) == [], "the app wrote to the disk of the host it runs on"
     move(bed, "appender", "h2")
-    past(bed, "appender", "read", numbers(home_log(bed, "appender"), "read")[-1] + 20)
+    onward(bed, "appender", "read", 20)
     move(bed, "appender", "h0")
-    past(bed, "appender", "read", numbers(home_log(bed, "appender"), "read")[-1] + 20)
+    onward(bed, "appender", "read", 20)
     bed.daemons[0].mig("close", "appender")
     written = numbers((bed.folder / "out.txt").read_text(), "line")
     once_in_order(written)
@@ -358,7 +363,7 @@ def test_the_home_cut_off_for_five_seconds_loses_no_console_line(bed: Bed) -> No
     run(bed, "cutoff", PRINTER)
     past(bed, "cutoff", "n", 5)
     move(bed, "cutoff", "h1")
-    before = past(bed, "cutoff", "n", numbers(home_log(bed, "cutoff"), "n")[-1] + 10)[-1]
+    before = onward(bed, "cutoff", "n", 10)[-1]
     bed.bed[0].cut()
     try:
         time.sleep(5)
@@ -421,8 +426,7 @@ def test_rehome_hands_the_home_over_and_the_files_stay_served_by_the_old_home(be
     assert "wrote 1\n" in log and "filer's home moved here" in log, "the console came along"
     h1.mig("send", "filer", "hello")  # input is typed at the new home now
     wait_until(lambda: "got hello" in h1.mig("logs", "filer").stdout, 10, what="input at the new home")
-    written = wait_until(lambda: numbers((bed.folder / "kept.txt").read_text(), "line")[-1] > 40, 15)
-    assert written
+    wait_until(lambda: numbers((bed.folder / "kept.txt").read_text(), "line")[-1] > 40, 15, what="writes at h0")
     once_in_order(numbers((bed.folder / "kept.txt").read_text(), "line"))
     assert h1.ls(bed.folder) == [], "the files are still the old home's"
     # The old home goes away: calls wait, then fail with one clear sentence; the app goes on and recovers.
@@ -469,7 +473,7 @@ def test_lines_past_the_bound_while_the_home_is_away_are_marked_lost(
     run(bed, "bounded", PRINTER)
     past(bed, "bounded", "n", 5)
     move(bed, "bounded", "h1")
-    before = past(bed, "bounded", "n", numbers(home_log(bed, "bounded"), "n")[-1] + 5)[-1]
+    before = onward(bed, "bounded", "n", 5)[-1]
     bed.bed[0].cut()
     try:
         wait_until(lambda: numbers(h1.mig("logs", "bounded").stdout, "n")[0] > before + 10, 20, what="lines dropped")

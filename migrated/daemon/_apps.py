@@ -391,11 +391,8 @@ class AppTable:
             raise AppStateError(
                 f"{name!r}'s home is moving to {record.handing_home}; type the input there once mig rehome is done"
             )
-        if self.io is not None:
-            self.io.input(record, text)
-        elif record.runner is not None:
-            for line in text.splitlines() or [""]:
-                await record.runner.send_input(line)
+        assert self.io is not None, "the daemon sets home I/O before it serves"
+        self.io.input(record, text)
 
     async def checkpoint(self, name: str, kind: str = "manual", message: str = "") -> tuple[VersionInfo, Captured]:
         """Capture a running app between two events and store it as a new version; the app keeps running."""

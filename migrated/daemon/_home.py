@@ -302,14 +302,14 @@ class Link:
         app: str,
         epoch: int,
         target: tuple[str, str],
-        push: Callable[[bytes], None],
+        push: Push,
         on_stale: Callable[[str], Awaitable[None]],
     ) -> None:
         self.io = io
         self.app = app
         self.epoch = epoch
         self.target, self.target_name = target  # device id and name of the host at the other end
-        self.push = push  # encoded frames back to the app (its runner, or a relay)
+        self.push = push  # frames back to the app (its runner, or a relay)
         self.on_stale = on_stale
         self._up: asyncio.Queue[pb.IoFrame] = asyncio.Queue()
         self._unanswered: dict[int, tuple[float, bytes]] = {}
@@ -397,7 +397,7 @@ class Link:
             out = int(_wire.Frame(kind, frame.payload).io()[0].get("out", 0))
             for number in [n for n in self._unacked if n <= out]:
                 del self._unacked[number]
-        self.push(_wire.encode(kind, frame.payload))
+        self.push(kind, frame.payload)
 
     async def _expire(self) -> None:
         """Fail the calls an unreachable host has left unanswered for the daemon's home timeout."""
@@ -414,7 +414,7 @@ class Link:
                         f"{self.io.timeout:g} s; its files and sockets are unavailable until it is back"
                     )
                     answer = _wire.io_payload({"id": call, "errno": errno.EHOSTUNREACH, "error": error})
-                    self.push(_wire.encode(_wire.Kind.IO_REPLY, answer))
+                    self.push(_wire.Kind.IO_REPLY, answer)
 
 
 class HomeIO:
@@ -460,9 +460,8 @@ class HomeIO:
     def _start_relay(self, record: AppRecord) -> tuple[Link, dict[int, asyncio.Future[bytes]]]:
         waiting: dict[int, asyncio.Future[bytes]] = {}
 
-        def push(frame: bytes) -> None:
-            payload = _wire.FrameDecoder().feed(frame)[0].payload
-            header, _ = _wire.Frame(_wire.Kind.IO_REPLY, payload).io()
+        def push(kind: _wire.Kind, payload: bytes) -> None:
+            header, _ = _wire.Frame(kind, payload).io()
             answer = waiting.pop(int(header.get("id", 0)), None)
             if answer is not None and not answer.done():
                 answer.set_result(payload)
@@ -494,6 +493,10 @@ class HomeIO:
 
     def attach(self, record: AppRecord, runner: Runner) -> Callable[[_wire.Frame], None]:
         """A runner starts for ``record``: where its frames go."""
+
+        def push(kind: _wire.Kind, payload: bytes) -> None:
+            runner.push(_wire.encode(kind, payload))
+
         if record.home_device:
             self._stop_link(record.name)
 
@@ -501,14 +504,10 @@ class HomeIO:
                 await self.stale(record, why)
 
             target = (record.home_device, record.home)
-            link = self._links[record.name] = Link(self, record.name, record.epoch, target, runner.push, refused)
+            link = self._links[record.name] = Link(self, record.name, record.epoch, target, push, refused)
             link.task = self._tasks.create_task(link.run(), name=f"home link {record.name}")
             return link.receive
         home = self.home(record)
-
-        def push(kind: _wire.Kind, payload: bytes) -> None:
-            runner.push(_wire.encode(kind, payload))
-
         home.close_files()
         home.attach(push)
         runner.on_end(lambda: home.detach(push))

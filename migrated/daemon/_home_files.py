@@ -43,32 +43,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from migrated.runtime._files import MAX_READ, STAT_FIELDS  # both ends share them; the runner's side is light
+
 __all__ = ["MAX_OPEN", "MAX_READ", "STAT_FIELDS", "HomeFiles", "stat_list"]
 
 MAX_OPEN = 1024
 """Files one app may hold open at its home."""
-MAX_READ = 16 * 1024 * 1024
-"""The most one ``file.read`` returns (a frame must stay well below ``_wire.MAX_FRAME``)."""
-
-STAT_FIELDS = (
-    "st_mode",
-    "st_ino",
-    "st_dev",
-    "st_nlink",
-    "st_uid",
-    "st_gid",
-    "st_size",
-    "st_atime",
-    "st_mtime",
-    "st_ctime",
-    "st_atime_ns",
-    "st_mtime_ns",
-    "st_ctime_ns",
-    "st_blksize",
-    "st_blocks",
-    "st_rdev",
-)
-"""The order of the fields of a stat as it travels (the three last may be null on some systems)."""
 
 _FLAGS = {
     "create": os.O_CREAT,

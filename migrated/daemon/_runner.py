@@ -230,10 +230,6 @@ class Runner:
         """Call ``callback`` once the runner's socket closes."""
         self._on_end.append(callback)
 
-    async def send_input(self, line: str) -> None:
-        """Deliver one line to the app's ``on_input``."""
-        await self._send(_wire.encode(_wire.Kind.INPUT, line.encode()))
-
     async def resume(self) -> None:
         """Let an app held frozen after a checkpoint go on."""
         await self._send(_wire.encode(_wire.Kind.RESUME))

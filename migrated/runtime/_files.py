@@ -55,14 +55,14 @@ READ_BLOCK = 1024 * 1024
 READ_AHEAD = 4
 """Blocks a sequential read keeps asked for ahead of the one it reads (one round trip each would cap it)."""
 MAX_READ = 16 * 1024 * 1024
-"""The most one call reads (the home's ``MAX_READ``)."""
+"""The most one ``file.read`` asks for and the home returns (a frame must stay well below ``_wire.MAX_FRAME``)."""
 WRITE_CHUNK = 4 * 1024 * 1024
 """The most one call writes."""
 MAX_IN_FLIGHT = 8 * 1024 * 1024
 """Bytes written but not yet confirmed by the home before a write waits."""
 
-# The order of a stat's fields as it travels (``migrated.daemon._home_files.STAT_FIELDS``, which a runner does
-# not import: the daemon package is heavy).
+# The order of a stat's fields as it travels (the home's ``HomeFiles`` imports it from here; the three last may
+# be null on some systems).
 STAT_FIELDS = (
     "st_mode",
     "st_ino",

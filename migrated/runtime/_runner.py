@@ -123,8 +123,6 @@ class Driver:
             self._event(*frame.io())
         elif frame.kind is _wire.Kind.OUT_ACK:
             self.home.acknowledged(int(frame.io()[0].get("out", 0)))
-        elif frame.kind is _wire.Kind.INPUT:
-            self._call(self.app.on_input, frame.text())
         elif frame.kind is _wire.Kind.STOP:
             raise _Stop(frame.json().get("reason", "stopped"))
         elif frame.kind is _wire.Kind.CHECKPOINT:

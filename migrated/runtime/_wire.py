@@ -38,7 +38,7 @@ class Kind(enum.IntEnum):
     LOAD = 1  # daemon -> runner: {"file", "app_class", "name", "args", "kind"}
     LOADED = 2  # runner -> daemon: {"app_class"}
     FAILED = 3  # runner -> daemon: {"error", "message"}: the app could not be loaded
-    INPUT = 4  # daemon -> runner: one line of input (UTF-8)
+    INPUT = 4  # unused since input comes as an EVENT from the app's home (the number stays taken)
     STOP = 5  # daemon -> runner: call on_stop and end
     EXITED = 6  # runner -> daemon: {"code", "reason"}
     CRASHED = 7  # runner -> daemon: {"reason"}: a handler raised
