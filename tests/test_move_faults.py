@@ -454,6 +454,29 @@ def test_source_killed_while_the_destination_thaws_the_app_runs_there(
     assert ticking(h1, "ticker")[0] == last + 1
 
 
+def test_source_killed_after_the_commit_lists_the_app_away_once_restarted(
+    netbeds: Callable[[int], NetBed], app_file: Path, background: Callable[..., Background]
+) -> None:
+    """The home takes the epoch of the copy that runs at the destination as soon as that copy calls; a source killed
+    before it retires its own copy must still finish the hand-off when it restarts, not list the app as closed."""
+    h0, h1 = two_hosts(netbeds, app_file, {"h0": "source-committed"})
+    move = background(h0, "move", "ticker", "h1")
+    h0.paused("source-committed")
+    wait_until(lambda: ps(h0)["ticker"]["host"] == "h1", 15, what="h1's copy to call its home")
+    h0.kill9()
+    assert move.wait(30) != 0
+    h0.revive()
+    app = ps(h0)["ticker"]
+    assert (app["state"], app["host"], app["epoch"]) == ("running", "h1", 1), app
+    assert journal_state(h0, "source") == "done"
+    opened = h0.mig("open", "ticker", check=None)
+    assert opened.returncode != 0, f"mig open ran at the source an app that runs on h1: {opened.stdout}"
+    one_sentence(opened.stderr)
+    runs_on([h0, h1], "ticker", "h1")
+    seen = ticking(h0, "ticker", past=ticks(h0, "ticker")[-1])  # the copy on h1 still prints at home
+    contiguous(seen, seen[0])
+
+
 def test_a_restarted_daemon_does_not_run_again_an_app_that_moved_on(
     netbeds: Callable[[int], NetBed], app_file: Path
 ) -> None:
@@ -783,7 +806,10 @@ def test_random_moves_and_kills_never_lose_or_double_an_app(
                 for app in apps:
                     copies(daemons, app)
                 victim.revive()
-            code = move.wait(60)
+            try:
+                code = move.wait(60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("mig move did not end in 60 s") from None
             print(f"{what}: mig move exited {code} after {time.monotonic() - started:.1f} s", flush=True)
             settle(daemons, apps)
         what = "every daemon killed and restarted"
@@ -796,7 +822,8 @@ def test_random_moves_and_kills_never_lose_or_double_an_app(
         settle(daemons, apps)
     except AssertionError as exc:
         diagnosis = diagnose(daemons) or "no known pattern"
-        raise AssertionError(f"after {what}: {exc}\n{diagnosis}\n{dump(daemons)}") from None
+        logs = "\n".join(f"{d.host.name} logged:\n{d.stderr_log()[-4000:]}" for d in daemons)
+        raise AssertionError(f"after {what}: {exc}\n{diagnosis}\n{dump(daemons)}\n{logs}") from None
     for name in apps:
         assert len(copies(daemons, name)) == 1
 
@@ -875,6 +902,9 @@ def dump(daemons: Sequence[BedDaemon]) -> str:
     """What each daemon says of its apps and migrations, for a failure message."""
     lines = []
     for daemon in daemons:
+        if not daemon.alive():
+            lines.append(f"{daemon.host.name}: its daemon is not running")
+            continue
         for app in ps(daemon).values():
             lines.append(
                 f"{daemon.host.name}: {app['name']} {app['state']} host={app['host']} home={app['home']} "

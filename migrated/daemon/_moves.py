@@ -265,6 +265,7 @@ class Moves:
         await fault_point("source-handed-off")
         prepared_at = time.perf_counter()
         pid = await self._commit(stub, source, peer)
+        await fault_point("source-committed")
         downtime = time.perf_counter() - frozen_at
         log.info(
             "%s moved to %s: frozen %.0f ms (freeze and copy %.0f ms, commit and thaw %.0f ms)",
@@ -459,9 +460,10 @@ class Moves:
         self.apps.forget(record.name)
 
     def _mark_away(self, record: AppRecord, peer: PairedPeer, pid: int) -> None:
+        if record.host_device != peer.device_id:  # else the fence let its copy there in already: keep its lines
+            record.remote_state, record.console_applied = "", 0
         record.state, record.host, record.host_device, record.remote_pid = State.AWAY, peer.name, peer.device_id, pid
-        record.remote_state, record.reason = "", ""
-        record.home, record.home_device, record.console_applied = "", "", 0
+        record.home, record.home_device, record.reason = "", "", ""
         self.apps.save(record)
 
     async def _flush_forwarder(self, record: AppRecord, within: float = 10.0) -> None:
@@ -822,8 +824,10 @@ class Moves:
         source = Source(entry["id"], entry["app"], entry["epoch"], SourceState(entry["state"]), entry["version"])
         peer = self.peers.paired.by_device(entry["peer"])
         record = self.apps.find(source.app)
-        if record is None or record.epoch >= source.epoch:
+        if record is None or record.epoch > source.epoch:
             return  # an older move: the app came back (or was removed) since
+        if record.epoch == source.epoch and source.state not in (SourceState.HANDED_OFF, SourceState.DONE):
+            return  # equal epochs are not enough: the home's fence takes the epoch of a committed copy early
         if source.state in (SourceState.HANDED_OFF, SourceState.DONE) and peer is not None:
             # Decided: the app is the destination's now; this host must never run or open it again.
             if entry.get("rehome"):
