@@ -352,6 +352,7 @@ def test_destination_killed_after_commit_runs_the_app_once_restarted(
     assert move.out.splitlines()[-1].startswith("moved ticker to h1 in "), move.out
     runs_on([h0, h1], "ticker", "h1")
     assert ps(h0)["ticker"]["host"] == "h1"
+    assert len(runner_pids(h1.pid)) == 1  # the restart's thaw and the repeated COMMIT started one runner
     there = ticking(h1, "ticker")
     assert there[0] == last + 1, (last, there[:3])  # it went on from the frozen version
     contiguous(there, last + 1)
@@ -847,6 +848,14 @@ def settle(daemons: Sequence[FaultDaemon], apps: Sequence[str]) -> None:
                 daemon.mig("open", name)
     for name in apps:
         wait_until(functools.partial(runs_once, daemons, name), 30, interval=0.1, what=f"{name} to run once")
+    for daemon in daemons:
+        wait_until(functools.partial(no_hidden_runner, daemon), 10, what=f"a runner per app on {daemon.host.name}")
+
+
+def no_hidden_runner(daemon: BedDaemon) -> bool:
+    """Whether the daemon has one runner process per app it lists as running (none unlisted)."""
+    listed = [app for app in ps(daemon).values() if app["state"] == "running" and app["host"] == daemon.host.name]
+    return len(runner_pids(daemon.pid)) == len(listed)
 
 
 def runs_once(daemons: Sequence[BedDaemon], name: str) -> bool:

@@ -165,6 +165,7 @@ class Moves:
         self._rehomes: dict[str, dict[str, str]] = {}  # moves that hand the home role over, by migration
         self._arrivals: dict[str, list[bytes]] = {}  # console lines an old home sent with a prepared rehome
         self._arrived_input: dict[str, list[str]] = {}  # and the input it had not delivered
+        self._thawing: dict[str, asyncio.Task[AppRecord]] = {}  # by migration: a COMMIT repeated meanwhile waits
 
     def _spawn(self, work: Any, name: str) -> None:
         """Run ``work`` in the daemon's task group until done or until ``close``."""
@@ -598,13 +599,13 @@ class Moves:
                 self.journal.save({**entry, "state": DestState.COMMITTED.value})
                 await fault_point("destination-committed")
             elif isinstance(action, Thaw):
-                pid = (await asyncio.shield(self._thaw(entry))).pid  # the caller may go; the thaw must not
+                pid = (await asyncio.shield(self._thaw_once(entry))).pid  # the caller may go; the thaw must not
             elif isinstance(action, Refuse):
                 raise AppStateError(action.reason)
             elif isinstance(action, Reply) and not pid:
                 record = self.apps.find(ref.app)
                 if (record is None or not record.running) and not entry.get("left") and not entry.get("closed"):
-                    record = await asyncio.shield(self._thaw(entry))  # committed, but its thaw was cut short
+                    record = await asyncio.shield(self._thaw_once(entry))  # committed; its thaw was cut short
                 pid = record.pid if record is not None else 0
         return pid
 
@@ -632,6 +633,22 @@ class Moves:
         """What a destination asking about a migration is told."""
         entry = self.journal.get("source", _checked(request.migration).id)
         return str(entry["state"]) if entry else SourceState.ABORTED.value
+
+    def _thaw_once(self, entry: dict[str, Any]) -> asyncio.Task[AppRecord]:
+        """The thaw of a committed migration; a second COMMIT (a retry, or the one a restart asks for) that
+        arrives while it runs waits for the same thaw instead of starting a second runner."""
+        task = self._thawing.get(entry["id"])
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._thaw(entry), name=f"thaw {entry['app']}")
+            self._thawing[entry["id"]] = task
+
+            def ended(done: asyncio.Task[AppRecord]) -> None:
+                self._thawing.pop(entry["id"], None)
+                if not done.cancelled() and (exc := done.exception()) is not None:
+                    log.warning("the thaw of %s failed: %s", entry["app"], exc)
+
+            task.add_done_callback(ended)
+        return task
 
     async def _thaw(self, entry: dict[str, Any]) -> AppRecord:
         name, staging = entry["app"], _staging(entry["id"])
@@ -860,7 +877,7 @@ class Moves:
             if isinstance(action, Thaw):
                 record = self.apps.find(ref.app)
                 if record is None or not record.running:
-                    await self._thaw(entry)
+                    await self._thaw_once(entry)
             elif isinstance(action, AskDecision):
                 self._spawn(self._ask(entry), f"ask {entry['id']}")
 
