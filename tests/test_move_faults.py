@@ -810,6 +810,10 @@ def test_random_moves_and_kills_never_lose_or_double_an_app(
             try:
                 code = move.wait(60)
             except subprocess.TimeoutExpired:
+                for daemon in daemons:
+                    if daemon.alive():
+                        daemon.kill(signal.SIGUSR1)  # each logs where its tasks wait
+                time.sleep(1)
                 raise AssertionError("mig move did not end in 60 s") from None
             print(f"{what}: mig move exited {code} after {time.monotonic() - started:.1f} s", flush=True)
             settle(daemons, apps)
@@ -823,7 +827,7 @@ def test_random_moves_and_kills_never_lose_or_double_an_app(
         settle(daemons, apps)
     except AssertionError as exc:
         diagnosis = diagnose(daemons) or "no known pattern"
-        logs = "\n".join(f"{d.host.name} logged:\n{d.stderr_log()[-4000:]}" for d in daemons)
+        logs = "\n".join(f"{d.host.name} logged:\n{d.stderr_log()[-12000:]}" for d in daemons)
         raise AssertionError(f"after {what}: {exc}\n{diagnosis}\n{dump(daemons)}\n{logs}") from None
     for name in apps:
         assert len(copies(daemons, name)) == 1

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 
@@ -98,6 +99,12 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
 def _log_tasks() -> None:
     """SIGUSR1: log where every task of the daemon waits (a daemon that hangs can say why)."""
     for task in asyncio.all_tasks():
-        frames = task.get_stack(limit=8)
-        where = " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
-        log.warning("task %s: %s", task.get_name(), where or "not started")
+        where: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(where) < 16:  # down the chain of awaits, to where the task waits
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None and frame.f_lineno is not None:  # gRPC's own (compiled) tasks have no lines
+                where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        if where:
+            log.warning("task %s: %s", task.get_name(), " > ".join(where))
