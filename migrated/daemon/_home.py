@@ -311,7 +311,7 @@ class Link:
         self.target, self.target_name = target  # device id and name of the host at the other end
         self.push = push  # frames back to the app (its runner, or a relay)
         self.on_stale = on_stale
-        self._up: asyncio.Queue[pb.IoFrame] = asyncio.Queue()
+        self._up: asyncio.Queue[pb.IoFrame | None] = asyncio.Queue()  # None ends a session's request stream
         self._unanswered: dict[int, tuple[float, bytes]] = {}
         self._unacked: dict[int, bytes] = {}
         self._cursor: tuple[str, int] | None = None
@@ -356,11 +356,11 @@ class Link:
         again = [payload for _, (_, payload) in sorted(self._unanswered.items())]
         again_out = [payload for _, payload in sorted(self._unacked.items())]
         stale = self._up
-        self._up = asyncio.Queue()
+        up = self._up = asyncio.Queue()
         while not stale.empty():  # frames queued while away: the ones that matter are sent again below
             frame = stale.get_nowait()
-            if frame.kind == _wire.Kind.ACK:
-                self._up.put_nowait(frame)
+            if frame is not None and frame.kind == _wire.Kind.ACK:
+                up.put_nowait(frame)
         first = pb.LinkUp(
             app=self.app,
             epoch=self.epoch,
@@ -373,19 +373,23 @@ class Link:
 
         async def requests() -> AsyncIterator[pb.LinkUp]:
             yield first
-            while True:
-                batch = [await self._up.get()]
-                size = len(batch[0].payload)
-                while not self._up.empty() and size < LINK_BATCH:
-                    batch.append(self._up.get_nowait())
-                    size += len(batch[-1].payload)
+            while (frame := await up.get()) is not None:
+                batch, size = [frame], len(frame.payload)
+                while not up.empty() and size < LINK_BATCH and (frame := up.get_nowait()) is not None:
+                    batch.append(frame)
+                    size += len(frame.payload)
                 yield pb.LinkUp(frames=batch)
+                if frame is None:
+                    return
 
         call = self.io.peers.stub(peer, address).HomeLink(requests())
         self._connected = True
-        async for down in call:
-            for frame in down.frames:
-                self._down(frame)
+        try:
+            async for down in call:
+                for frame in down.frames:
+                    self._down(frame)
+        finally:
+            up.put_nowait(None)  # the stream's sender ends too, instead of waiting on this queue for ever
 
     def _down(self, frame: pb.IoFrame) -> None:
         kind = _wire.Kind(frame.kind)
