@@ -498,8 +498,9 @@ class Moves:
         if isinstance(exc, MigError):
             return exc
         if isinstance(exc, grpc.aio.AioRpcError):
-            details = exc.details() or exc.code().name
-            return PeerError(f"moving {name!r} to {peer.name} failed ({details}); it goes on running here")
+            return PeerError(
+                f"moving {name!r} to {peer.name} failed: {_failure(exc, peer.name)}; it goes on running here"
+            )
         return exc
 
     # -- destination
@@ -898,6 +899,18 @@ class Moves:
                 await self.abort(pb.AbortRequest(migration=ref))
                 return
             await asyncio.sleep(2.0)  # not decided yet
+
+
+def _failure(exc: grpc.aio.AioRpcError, peer: str) -> str:
+    """Why a call to ``peer`` failed, in words (gRPC's own details name sockets and addresses)."""
+    details = exc.details() or exc.code().name
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{peer} did not answer in time"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and not error_name(exc):
+        if "failed to connect" in details.lower():
+            return f"{peer} cannot be reached (is its daemon running?)"
+        return f"the connection to {peer} was lost"
+    return details
 
 
 def _lost_marker(dropped: int, host: str) -> bytes:

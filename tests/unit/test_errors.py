@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from migrated import errors
-from migrated.transport._errors import status_of
+from migrated.daemon._moves import _failure
+from migrated.transport._errors import ERROR_KEY, status_of
 
 ERROR_CLASSES = [getattr(errors, name) for name in errors.__all__ if name.endswith("Error")]
 
@@ -85,3 +86,21 @@ def test_every_error_derives_from_mig_error_and_has_a_docstring() -> None:
 def test_an_error_is_its_message() -> None:
     error = errors.AppNotFoundError("no app is called 'x'")
     assert str(error) == error.message == "no app is called 'x'"
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "error", "said"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: ...", "", "cannot be reached"),
+        (grpc.StatusCode.UNAVAILABLE, "Stream removed (Socket closed)", "", "the connection to h1 was lost"),
+        (grpc.StatusCode.UNAVAILABLE, "recvmsg:Connection reset by peer (104)", "", "the connection to h1 was lost"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", "", "h1 did not answer in time"),
+        (grpc.StatusCode.UNAVAILABLE, "h1 is still starting", "PeerUnreachableError", "h1 is still starting"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "epoch 1 of 'sim' is stale on h1", "", "epoch 1 of 'sim' is stale"),
+    ],
+)
+def test_a_failed_call_to_a_peer_is_said_in_words(code: grpc.StatusCode, details: str, error: str, said: str) -> None:
+    trailing = grpc.aio.Metadata((ERROR_KEY, error)) if error else grpc.aio.Metadata()
+    text = _failure(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details, ""), "h1")
+    assert said in text
+    assert "addresses" not in text and "Socket" not in text and "recvmsg" not in text
