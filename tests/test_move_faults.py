@@ -361,6 +361,27 @@ def test_destination_killed_after_commit_runs_the_app_once_restarted(
     assert set(history) <= set(versions(h0, "ticker"))
 
 
+def test_a_destination_that_hangs_at_the_commit_does_not_hold_mig_move(
+    netbeds: Callable[[int], NetBed], app_file: Path, background: Callable[..., Background]
+) -> None:
+    """h1 records COMMIT and then stops answering: mig move gives up waiting after half a minute with one sentence;
+    the source goes on asking in the background, and the app runs on h1 once h1 answers again."""
+    h0, h1 = two_hosts(netbeds, app_file, {"h1": "destination-committed"})
+    move = background(h0, "move", "ticker", "h1")
+    h1.paused("destination-committed")
+    h1.kill(signal.SIGSTOP)
+    try:
+        last = still(h0, "ticker")
+        assert move.wait(45) != 0
+        assert "does not confirm taking 'ticker'" in one_sentence(move.err), move.err
+        assert ps(h0)["ticker"]["state"] == "moving" and copies([h0], "ticker") == []
+    finally:
+        h1.kill(signal.SIGCONT)
+    runs_on([h0, h1], "ticker", "h1", timeout=30)
+    wait_until(lambda: journal_state(h0, "source") == "done", 30, what="h1 to acknowledge the commit")
+    assert ticking(h1, "ticker")[0] == last + 1
+
+
 # -- the source dies
 
 

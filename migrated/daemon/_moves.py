@@ -66,7 +66,7 @@ log = logging.getLogger("migrated.moves")
 
 BATCH_BYTES = 1 << 20  # chunk bytes per Stage message
 CONSOLE_TAIL = 10_000  # console lines an old home hands to the new one
-COMMIT_TRIES = 8  # in the foreground (about half a minute); then the commit is retried in the background
+COMMIT_WAIT = 30.0  # seconds mig move waits for the destination to confirm; then it is asked in the background
 RETRY_DELAY = 0.5
 DISK_MARGIN = 2.5  # free space the destination wants, times the state: staged chunks pass through SQLite's WAL
 
@@ -371,13 +371,17 @@ class Moves:
         return reply
 
     async def _commit(self, stub: Any, source: Source, peer: PairedPeer) -> int:
-        """Send COMMIT until the destination acknowledges; the app runs nowhere meanwhile."""
-        for attempt in range(COMMIT_TRIES):
+        """Send COMMIT until the destination acknowledges (``COMMIT_WAIT`` s here, then in the background); the app
+        runs nowhere meanwhile."""
+        deadline = time.monotonic() + COMMIT_WAIT
+        attempt = 0
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                reply = await stub.Commit(pb.CommitRequest(migration=_ref(source)), timeout=60)
+                reply = await stub.Commit(pb.CommitRequest(migration=_ref(source)), timeout=max(left, 1.0))
             except grpc.aio.AioRpcError as exc:
                 log.warning("commit of %s to %s failed (%s); trying again", source.id, peer.name, exc.code().name)
-                await asyncio.sleep(min(5.0, RETRY_DELAY * 2**attempt))
+                await asyncio.sleep(min(5.0, RETRY_DELAY * 2**attempt, max(0.0, deadline - time.monotonic())))
+                attempt += 1
                 continue
             self._carry_source(*source.committed(), peer)
             return int(reply.pid)
