@@ -128,9 +128,23 @@ def test_a_closed_app_survives_a_daemon_restart(daemons: Daemons, app_dir: AppDi
     again = daemons.start(state_dir=daemon.dir)
     entry = again.app("durable")
     assert entry["state"] == "closed" and entry["version"] == 1
+    assert counts(again.logs("durable"))[-1] == at_close  # the console kept what was printed before
     again.mig("open", "durable")
-    wait_until(lambda: "n=" in again.logs("durable"), 10, what="counting after the restart")
-    assert min(int(v) for v in re.findall(r"^n=(\d+)$", again.logs("durable"), re.M)) == at_close + 1
+    wait_until(lambda: counts(since_restart(again.logs("durable"))), 10, what="counting after the restart")
+    assert counts(since_restart(again.logs("durable")))[0] == at_close + 1
+
+
+RESTARTED = "[migrated] the daemon restarted; the lines above are from before\n"
+
+
+def since_restart(logs: str) -> str:
+    """What a console shows after the note of the daemon's restart."""
+    assert RESTARTED in logs, logs
+    return logs.split(RESTARTED, 1)[1]
+
+
+def counts(logs: str) -> list[int]:
+    return [int(v) for v in re.findall(r"^n=(\d+)$", logs, re.M)]
 
 
 def test_daemon_shutdown_closes_running_apps_and_loses_nothing(daemons: Daemons, app_dir: AppDir) -> None:
@@ -142,8 +156,8 @@ def test_daemon_shutdown_closes_running_apps_and_loses_nothing(daemons: Daemons,
     assert entry["state"] == "closed"
     assert history(again, "shut")[-1]["kind"] == "close"
     again.mig("open", "shut")
-    wait_until(lambda: "n=" in again.logs("shut"), 10, what="counting after the restart")
-    first = min(int(v) for v in re.findall(r"^n=(\d+)$", again.logs("shut"), re.M))
+    wait_until(lambda: counts(since_restart(again.logs("shut"))), 10, what="counting after the restart")
+    first = counts(since_restart(again.logs("shut")))[0]
     assert first > 3  # it went on from its saved count, not from the start
 
 

@@ -136,3 +136,21 @@ def test_runners_die_with_a_killed_daemon(daemons: Daemons, app_dir: AppDir) -> 
     again.mig("rm", "orphan1")
     again.mig("run", str(app_dir.path / "orphan1.py"))
     assert again.app("orphan1")["state"] == "running"
+
+
+def test_a_killed_daemon_keeps_the_console_of_its_apps(daemons: Daemons, app_dir: AppDir) -> None:
+    """What an app printed before its daemon was killed is still in mig logs after the restart, with the same
+    numbers; the app, opened again, writes on below a note that says where the restart was."""
+    daemon = daemons.start()
+    daemon.mig("run", str(app_dir.write("diary.py", TICKER_APP)))
+    wait_until(lambda: "tick 5\n" in daemon.mig("logs", "diary").out, 10, what="five ticks")
+    daemon.mig("checkpoint", "diary")
+    before = daemon.mig("logs", "diary").out
+    os.kill(daemon.pid, signal.SIGKILL)
+    again = daemons.start(state_dir=daemon.dir)
+    after = again.mig("logs", "diary").out
+    assert after.startswith(before), (before, after)
+    assert after.rstrip("\n").endswith("[migrated] the daemon restarted; the lines above are from before")
+    again.mig("open", "diary")
+    wait_until(lambda: again.mig("logs", "diary").out.count("tick") > after.count("tick") + 3, 10, what="ticks")
+    assert again.mig("logs", "diary").out.startswith(after)

@@ -150,7 +150,6 @@ class AppTable:
         self._specs = _SpecFiles(state_dir / "apps")
         self._code_dir = state_dir / "code"
         self._shutting_down = asyncio.Event()
-        shutil.rmtree(self._console_dir, ignore_errors=True)  # consoles of apps from an earlier daemon run
         self._console_lines = console_lines
         self._console_bytes = console_bytes
         self.io: HomeIO | None = None  # home I/O, set once the daemon has its peers
@@ -173,10 +172,14 @@ class AppTable:
         """Bring back the apps an earlier run of the daemon knew: closed ones stay closed and openable."""
         for spec, state, place in self._specs.load():
             latest = await asyncio.to_thread(self.store.latest, spec.name)
-            record = AppRecord(spec, self._new_console(spec.name), version=latest.version if latest else 0)
+            at_home = not place.get("home_device")  # a visitor's lines went to its home, which keeps them
+            console = self._new_console(spec.name, keep=at_home)
+            record = AppRecord(spec, console, version=latest.version if latest else 0)
             for key in _PLACE:
                 if key in place:
                     setattr(record, key, place[key])
+            if console.log.next_seq > 1:
+                await console.note("the daemon restarted; the lines above are from before")
             if state == State.AWAY.value:
                 record.state = State.AWAY
                 self._apps[spec.name] = record
@@ -194,9 +197,13 @@ class AppTable:
             record.ended.set()
             self._apps[spec.name] = record
             self.save(record)
+        if self._console_dir.is_dir():
+            for directory in self._console_dir.iterdir():
+                if directory.name not in self._apps:  # an app removed while the daemon was not running
+                    shutil.rmtree(directory, ignore_errors=True)
 
-    def _new_console(self, name: str) -> Console:
-        return Console(self._console_lines, self._console_bytes, self._console_dir / name)
+    def _new_console(self, name: str, keep: bool = False) -> Console:
+        return Console(self._console_lines, self._console_bytes, self._console_dir / name, keep)
 
     async def run(self, spec: AppSpec) -> AppRecord:
         """Start an app in a new runner; return once its code has loaded."""

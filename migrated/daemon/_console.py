@@ -2,7 +2,8 @@
 
 ``ConsoleLog`` is the index (which line numbers live in which block of bytes, and what the bounds drop); the
 bytes themselves live in a ``ConsoleStore``: segment files on disk for the daemon, memory in unit tests. So
-a console costs the daemon a few bytes of RAM per block, whatever it holds.
+a console costs the daemon a few bytes of RAM per block, whatever it holds. On disk each segment has an index
+beside it (one small record per append), from which a restarted daemon rebuilds the log as it was.
 """
 
 from __future__ import annotations
@@ -12,22 +13,41 @@ import bisect
 import contextlib
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Console", "ConsoleLog", "ConsoleRead", "FileStore", "MemoryStore", "split_lines"]
+__all__ = ["Console", "ConsoleLog", "ConsoleRead", "FileStore", "MemoryStore", "Stored", "split_lines"]
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 MAX_RECORD = 1024 * 1024  # a longer line is kept as several records, so a batch stays bounded
 _COALESCE_BELOW = 64 * 1024
+_INDEX = struct.Struct("<QIIB")  # per append: first line number, lines, length, ends with a newline
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One append as a store's index keeps it."""
+
+    seq: int
+    lines: int
+    segment: int
+    offset: int
+    length: int
+    whole: bool
 
 
 class ConsoleStore(Protocol):
     """Where console bytes live: numbered append-only segments."""
 
-    def append(self, data: bytes) -> tuple[int, int]:
-        """Write ``data``; return (segment, offset). A new segment starts past ``SEGMENT_BYTES``."""
+    def append(self, data: bytes, seq: int, lines: int) -> tuple[int, int]:
+        """Write ``data`` (lines ``seq`` on, ``lines`` of them); return (segment, offset). A new segment starts
+        past ``SEGMENT_BYTES``."""
+        ...
+
+    def stored(self) -> list[Stored]:
+        """The appends an earlier run left, oldest first (none for a fresh store)."""
         ...
 
     def read(self, segment: int, offset: int, length: int) -> bytes:
@@ -51,7 +71,7 @@ class MemoryStore:
         self.segments: dict[int, bytearray] = {0: bytearray()}
         self._current = 0
 
-    def append(self, data: bytes) -> tuple[int, int]:
+    def append(self, data: bytes, seq: int = 0, lines: int = 0) -> tuple[int, int]:
         if len(self.segments[self._current]) >= self.segment_bytes:
             self._current += 1
             self.segments[self._current] = bytearray()
@@ -63,6 +83,9 @@ class MemoryStore:
     def read(self, segment: int, offset: int, length: int) -> bytes:
         return bytes(self.segments[segment][offset : offset + length])
 
+    def stored(self) -> list[Stored]:
+        return []
+
     def drop_before(self, segment: int) -> None:
         for number in [n for n in self.segments if n < segment]:
             del self.segments[number]
@@ -72,23 +95,63 @@ class MemoryStore:
 
 
 class FileStore:
-    """Segment files ``00000000.log``, ``00000001.log``, ... in a directory of their own."""
+    """Segment files ``00000000.log``, ``00000001.log``, ... in a directory of their own, each with its index
+    (``.idx``). With ``keep`` what an earlier run wrote there is taken up (a torn last append is cut off);
+    without, the directory starts empty."""
 
-    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES, keep: bool = False) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True, mode=0o700)
         self._fds: dict[int, int] = {}
+        self._indexes: dict[int, int] = {}
+        self._stored: list[Stored] = []
         self._current = 0
         self._size = 0
-        self._open(0)
+        if keep and directory.is_dir():
+            self._take_up()
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True, mode=0o700)
+        if not self._fds:
+            self._open(0)
+
+    def _path(self, segment: int, suffix: str) -> Path:
+        return self.directory / f"{segment:08d}.{suffix}"
 
     def _open(self, segment: int) -> None:
-        path = self.directory / f"{segment:08d}.log"
-        self._fds[segment] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fds[segment] = os.open(self._path(segment, "log"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._indexes[segment] = os.open(self._path(segment, "idx"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def append(self, data: bytes) -> tuple[int, int]:
+    def _take_up(self) -> None:
+        """Rebuild the appends from the indexes; cut what follows the last whole one (a crash mid-append)."""
+        torn = False
+        for segment in sorted(int(path.stem) for path in self.directory.glob("*.idx") if path.stem.isdigit()):
+            if torn:  # nothing after a torn append can follow on
+                self._path(segment, "log").unlink(missing_ok=True)
+                self._path(segment, "idx").unlink(missing_ok=True)
+                continue
+            data = self._path(segment, "log")
+            size = data.stat().st_size if data.exists() else 0
+            index = self._path(segment, "idx").read_bytes()
+            offset = kept = 0
+            for seq, lines, length, whole in _INDEX.iter_unpack(index[: len(index) - len(index) % _INDEX.size]):
+                last = self._stored[-1] if self._stored else None
+                if offset + length > size or (last is not None and seq != last.seq + last.lines):
+                    break
+                self._stored.append(Stored(seq, lines, segment, offset, length, bool(whole)))
+                offset += length
+                kept += 1
+            self._open(segment)
+            os.ftruncate(self._fds[segment], offset)
+            os.ftruncate(self._indexes[segment], kept * _INDEX.size)
+            self._current, self._size = segment, offset
+            torn = offset < size or kept * _INDEX.size < len(index)
+
+    def stored(self) -> list[Stored]:
+        stored, self._stored = self._stored, []
+        return stored
+
+    def append(self, data: bytes, seq: int = 0, lines: int = 0) -> tuple[int, int]:
         if self._size >= self.segment_bytes:
             self._current += 1
             self._size = 0
@@ -99,6 +162,7 @@ class FileStore:
             written = os.write(self._fds[self._current], view)
             view = view[written:]
         self._size += len(data)
+        os.write(self._indexes[self._current], _INDEX.pack(seq, lines, len(data), data.endswith(b"\n")))
         return self._current, offset
 
     def read(self, segment: int, offset: int, length: int) -> bytes:
@@ -107,13 +171,16 @@ class FileStore:
     def drop_before(self, segment: int) -> None:
         for number in [n for n in self._fds if n < segment]:
             os.close(self._fds.pop(number))
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory / f"{number:08d}.log").unlink()
+            os.close(self._indexes.pop(number))
+            for suffix in ("log", "idx"):
+                with contextlib.suppress(FileNotFoundError):
+                    self._path(number, suffix).unlink()
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd in [*self._fds.values(), *self._indexes.values()]:
             os.close(fd)
         self._fds.clear()
+        self._indexes.clear()
 
 
 def split_lines(data: bytes) -> list[bytes]:
@@ -166,6 +233,10 @@ class ConsoleLog:
         self._skip = 0  # bytes of the oldest block that belong to lines no longer kept
         self._head_lengths: list[int] | None = None  # line lengths of the oldest block, once read
         self._partial = b""
+        for number, stored in enumerate(self.store.stored()):  # what the store kept from an earlier run
+            if number == 0:
+                self._first_seq = self._next_seq = stored.seq
+            self._add(stored)
 
     @property
     def first_seq(self) -> int:
@@ -209,28 +280,35 @@ class ConsoleLog:
         if len(data) > MAX_RECORD and any(len(line) > MAX_RECORD for line in split_lines(data)):
             return sum(self._commit(piece) for piece in _pieces(data))
         lines = data.count(b"\n") + (not data.endswith(b"\n"))
-        segment, offset = self.store.append(data)
+        segment, offset = self.store.append(data, self._next_seq, lines)
+        self._add(Stored(self._next_seq, lines, segment, offset, len(data), data.endswith(b"\n")), data)
+        return lines
+
+    def _add(self, stored: Stored, data: bytes | None = None) -> None:
+        """Index an append (``data``: its bytes, when at hand)."""
         last = self._blocks[-1] if self._head < len(self._blocks) else None
         if (
             last is not None
             and last.whole
-            and last.segment == segment
-            and last.offset + last.length == offset
+            and last.segment == stored.segment
+            and last.offset + last.length == stored.offset
             and last.length < _COALESCE_BELOW
         ):
-            last.lines += lines
-            last.length += len(data)
-            last.whole = data.endswith(b"\n")
+            last.lines += stored.lines
+            last.length += stored.length
+            last.whole = stored.whole
             if self._head_lengths is not None and last is self._blocks[self._head]:
-                self._head_lengths.extend(map(len, split_lines(data)))
+                if data is None:
+                    self._head_lengths = None  # read again when needed
+                else:
+                    self._head_lengths.extend(map(len, split_lines(data)))
         else:
-            block = _Block(self._next_seq, lines, segment, offset, len(data), data.endswith(b"\n"))
+            block = _Block(stored.seq, stored.lines, stored.segment, stored.offset, stored.length, stored.whole)
             self._blocks.append(block)
             self._starts.append(block.first_seq)
-        self._next_seq += lines
-        self._bytes += len(data)
+        self._next_seq += stored.lines
+        self._bytes += stored.length
         self._trim()
-        return lines
 
     def read(self, since: int = 0, limit: int = 10_000, max_bytes: int = 1 << 20) -> ConsoleRead:
         """Lines from ``since`` on (0: from the oldest kept): at most ``limit`` lines and, unless one line alone
@@ -322,8 +400,9 @@ def _pieces(data: bytes) -> list[bytes]:
 class Console:
     """A console log that followers can wait on; closed when the app's runner ends."""
 
-    def __init__(self, max_lines: int, max_bytes: int, directory: Path | None = None) -> None:
-        store = FileStore(directory) if directory is not None else MemoryStore()
+    def __init__(self, max_lines: int, max_bytes: int, directory: Path | None = None, keep: bool = False) -> None:
+        """``keep``: take up the lines an earlier run of the daemon left in ``directory``."""
+        store = FileStore(directory, keep=keep) if directory is not None else MemoryStore()
         self.directory = directory
         self.log = ConsoleLog(max_lines, max_bytes, store)
         self.closed = False

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migrated.daemon._console import ConsoleLog, MemoryStore
+from migrated.daemon._console import ConsoleLog, FileStore, MemoryStore
 
 # Output as a list of writes, each of whole lines ending with a newline (no carriage returns).
 line_bodies = st.binary(max_size=12).map(lambda body: body.replace(b"\n", b"").replace(b"\r", b""))
@@ -183,3 +186,58 @@ def test_the_kept_lines_are_the_newest_within_bounds(written: list[bytes], max_l
     if kept.dropped:  # no line was dropped that fitted
         newest_dropped = everything[log.first_seq - 2]
         assert len(kept.lines) + 1 > max_lines or kept_bytes + len(newest_dropped) > max_bytes
+
+
+# -- a log on disk, taken up again by a restarted daemon
+
+
+def reopened(directory: Path, max_lines: int = 1_000_000, segment_bytes: int = 64) -> ConsoleLog:
+    return ConsoleLog(max_lines=max_lines, store=FileStore(directory, segment_bytes=segment_bytes, keep=True))
+
+
+@settings(deadline=None, max_examples=50)
+@given(writes, st.integers(min_value=1, max_value=30))
+def test_a_log_on_disk_is_taken_up_with_its_numbers(written: list[bytes], max_lines: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        first = reopened(Path(tmp) / "c", max_lines)
+        append_all(first, written)
+        before = first.read()
+        first.store.close()
+        again = reopened(Path(tmp) / "c", max_lines)
+        after = again.read()
+        assert after.lines[-len(before.lines) :] == before.lines if before.lines else after.lines == []
+        assert again.next_seq == first.next_seq
+        again.append(b"more\n")
+        assert again.read(first.next_seq).lines == [(first.next_seq, b"more\n")]
+
+
+def test_an_unfinished_line_flushed_before_a_restart_stays_a_line_of_its_own(tmp_path: Path) -> None:
+    log = reopened(tmp_path / "c")
+    log.append(b"prompt> ")
+    log.flush()
+    log.append(b"answer\n")
+    log.store.close()
+    assert reopened(tmp_path / "c").read().lines == [(1, b"prompt> "), (2, b"answer\n")]
+
+
+def test_an_append_torn_by_a_crash_is_cut_off_and_numbering_goes_on(tmp_path: Path) -> None:
+    log = reopened(tmp_path / "c", segment_bytes=1 << 20)
+    for n in range(1, 6):
+        log.append(b"line %d\n" % n)
+    log.store.close()
+    data = tmp_path / "c" / "00000000.log"
+    data.write_bytes(data.read_bytes()[:-3])  # the last append's bytes did not all reach the disk
+    index = tmp_path / "c" / "00000000.idx"
+    index.write_bytes(index.read_bytes() + b"\x01\x02")  # nor did an index record after it
+    again = reopened(tmp_path / "c", segment_bytes=1 << 20)
+    assert again.read().lines == [(n, b"line %d\n" % n) for n in range(1, 5)]
+    again.append(b"line 5 again\n")
+    again.store.close()
+    assert reopened(tmp_path / "c").read().lines[-1] == (5, b"line 5 again\n")
+
+
+def test_a_fresh_store_forgets_what_was_there(tmp_path: Path) -> None:
+    log = reopened(tmp_path / "c")
+    log.append(b"old\n")
+    log.store.close()
+    assert ConsoleLog(store=FileStore(tmp_path / "c")).read().lines == []
