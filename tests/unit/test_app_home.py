@@ -11,16 +11,15 @@ from typing import Any
 
 from migrated.daemon._home import MAX_UNSENT, AppHome
 from migrated.runtime._wire import Frame, Kind, encode_io, io_payload
+from tests.unit._recorder import WAIT, Recorder
 
-WAIT = 5.0
 
-
-class Runner:
+class Runner(Recorder):
     """Stands for the runner: what the home pushed to it, decoded."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.frames: list[tuple[Kind, dict[str, Any], bytes]] = []
-        self.changed = asyncio.Event()
 
     def __call__(self, kind: Kind, payload: bytes) -> None:
         header, data = Frame(kind, payload).io()
@@ -29,15 +28,6 @@ class Runner:
 
     def of(self, kind: Kind) -> list[dict[str, Any]]:
         return [header for k, header, _ in self.frames if k is kind]
-
-    async def until(self, check: Callable[[], object], what: str) -> None:
-        try:
-            async with asyncio.timeout(WAIT):
-                while not check():
-                    self.changed.clear()
-                    await self.changed.wait()
-        except TimeoutError:
-            raise AssertionError(what) from None
 
 
 def call(home: AppHome, runner: Runner, call_id: int, op: str, **args: Any) -> None:

@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 
 from migrated.daemon._home_net import NetHome
+from tests.unit._recorder import WAIT, Recorder
 
 LOCAL = "127.0.0.1"
-WAIT = 5.0
 
 
-class Queue:
+class Queue(Recorder):
     """Stands for the app's event queue: what ``emit`` appended, in order."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.events: list[tuple[str, dict[str, Any], bytes]] = []
-        self.changed = asyncio.Event()
 
     def __call__(self, kind: str, header: dict[str, Any], data: bytes) -> None:
         self.events.append((kind, dict(header), bytes(data)))
@@ -34,15 +34,6 @@ class Queue:
 
     def received(self, conn: str) -> bytes:
         return b"".join(data for _, data in self.of("data", conn))
-
-    async def until(self, check: Callable[[], object], what: str) -> None:
-        try:
-            async with asyncio.timeout(WAIT):
-                while not check():
-                    self.changed.clear()
-                    await self.changed.wait()
-        except TimeoutError:
-            raise AssertionError(what) from None
 
 
 def run(test: Callable[[NetHome, Queue], Awaitable[None]]) -> None:
