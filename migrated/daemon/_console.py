@@ -71,7 +71,7 @@ class MemoryStore:
         self.segments: dict[int, bytearray] = {0: bytearray()}
         self._current = 0
 
-    def append(self, data: bytes, seq: int = 0, lines: int = 0) -> tuple[int, int]:
+    def append(self, data: bytes, seq: int, lines: int) -> tuple[int, int]:
         if len(self.segments[self._current]) >= self.segment_bytes:
             self._current += 1
             self.segments[self._current] = bytearray()
@@ -151,7 +151,7 @@ class FileStore:
         stored, self._stored = self._stored, []
         return stored
 
-    def append(self, data: bytes, seq: int = 0, lines: int = 0) -> tuple[int, int]:
+    def append(self, data: bytes, seq: int, lines: int) -> tuple[int, int]:
         if self._size >= self.segment_bytes:
             self._current += 1
             self._size = 0
@@ -233,9 +233,10 @@ class ConsoleLog:
         self._skip = 0  # bytes of the oldest block that belong to lines no longer kept
         self._head_lengths: list[int] | None = None  # line lengths of the oldest block, once read
         self._partial = b""
-        for number, stored in enumerate(self.store.stored()):  # what the store kept from an earlier run
-            if number == 0:
-                self._first_seq = self._next_seq = stored.seq
+        taken_up = self.store.stored()  # what the store kept from an earlier run
+        if taken_up:
+            self._first_seq = self._next_seq = taken_up[0].seq
+        for stored in taken_up:
             self._add(stored)
 
     @property
