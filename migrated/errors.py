@@ -15,7 +15,8 @@ not import grpc) and the exit code of the ``mig`` command line::
     ├── AppNotFoundError          NOT_FOUND            3
     ├── AppExistsError            ALREADY_EXISTS       4
     ├── AppStateError             FAILED_PRECONDITION  5   the app is not in a state that allows this
-    │   └── StaleCopyError        FAILED_PRECONDITION  5   a newer copy of the app runs: this one must stop
+    │   ├── StaleCopyError        FAILED_PRECONDITION  5   a newer copy of the app runs: this one must stop
+    │   └── AppBusyError          DEADLINE_EXCEEDED    5   a handler runs on: no safe point came in time
     ├── DaemonError               UNAVAILABLE          6
     │   └── DaemonNotRunningError UNAVAILABLE          6   no daemon answers on the socket
     ├── StateDirError             FAILED_PRECONDITION  7   the state directory cannot be used
@@ -24,7 +25,8 @@ not import grpc) and the exit code of the ``mig`` command line::
     ├── CheckpointError           INTERNAL             9   a checkpoint could not be taken, stored or loaded
     │   ├── UnserialisableStateError FAILED_PRECONDITION 9 the app's state holds something that cannot be saved
     │   ├── CheckpointDamagedError DATA_LOSS           9   a stored chunk of that version fails its hash check
-    │   └── ExportFileError       INVALID_ARGUMENT     9   the file to import is not an export, or is damaged
+    │   ├── ExportFileError       INVALID_ARGUMENT     9   the file to import is not an export, or is damaged
+    │   └── StorageError          RESOURCE_EXHAUSTED   9   the disk is full or read-only: nothing was saved
     ├── VersionNotFoundError      NOT_FOUND            3   the app has no checkpoint with that number
     └── PeerError                 UNAVAILABLE         10   another host's daemon could not be used
         ├── PeerNotFoundError     NOT_FOUND           10   no peer of that name or address is known
@@ -56,7 +58,6 @@ __all__ = [
     "StaleCopyError",
     "StateDirError",
     "UsageError",
-    "error_class",
 ]
 
 
@@ -122,6 +123,12 @@ class StaleCopyError(AppStateError):
     """The home knows a newer epoch of the app: the copy that asked must stop."""
 
 
+class AppBusyError(AppStateError):
+    """The app is inside a handler that runs on: no safe point came within the bound; the message names it."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
 class DaemonError(MigError):
     """The daemon cannot be reached or failed to answer."""
 
@@ -149,16 +156,6 @@ class RunnerError(MigError):
 
     grpc_status = "INTERNAL"
     exit_code = 8
-
-
-_BY_NAME: dict[str, type[MigError]] = {
-    cls.__name__: cls for cls in [MigError, *(globals()[name] for name in __all__ if name.endswith("Error"))]
-}
-
-
-def error_class(name: str) -> type[MigError]:
-    """Return the error class called ``name``, or ``MigError`` for a name this version does not know."""
-    return _BY_NAME.get(name, MigError)
 
 
 class CheckpointError(MigError):
@@ -191,6 +188,12 @@ class ExportFileError(CheckpointError):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class StorageError(CheckpointError):
+    """The state directory's disk is full or cannot be written: what was asked was not saved."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
 class VersionNotFoundError(MigError):
     """The app has no checkpoint with that version number."""
 
@@ -203,24 +206,15 @@ class RetentionPolicyError(UsageError):
 
 
 __all__ += [
+    "AppBusyError",
     "CheckpointDamagedError",
     "CheckpointError",
     "ExportFileError",
     "RetentionPolicyError",
+    "StorageError",
     "UnserialisableStateError",
     "VersionNotFoundError",
 ]
-_BY_NAME.update(
-    (cls.__name__, cls)
-    for cls in (
-        CheckpointDamagedError,
-        CheckpointError,
-        ExportFileError,
-        RetentionPolicyError,
-        UnserialisableStateError,
-        VersionNotFoundError,
-    )
-)
 
 
 class ConfigError(UsageError):
@@ -274,15 +268,16 @@ __all__ += [
     "PeerNotFoundError",
     "PeerUnreachableError",
 ]
-_BY_NAME.update(
-    (cls.__name__, cls)
-    for cls in (
-        ConfigError,
-        NotPairedError,
-        PairingError,
-        PeerError,
-        PeerIdentityError,
-        PeerNotFoundError,
-        PeerUnreachableError,
-    )
-)
+__all__ += ["error_class"]
+
+
+def _subclasses(cls: type[MigError]) -> list[type[MigError]]:
+    return [cls, *(found for sub in cls.__subclasses__() for found in _subclasses(sub))]
+
+
+_BY_NAME: dict[str, type[MigError]] = {cls.__name__: cls for cls in _subclasses(MigError)}
+
+
+def error_class(name: str) -> type[MigError]:
+    """Return the error class called ``name``, or ``MigError`` for a name this version does not know."""
+    return _BY_NAME.get(name, MigError)

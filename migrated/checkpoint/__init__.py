@@ -22,10 +22,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from migrated.checkpoint._archive import Export, Signature, read_export
+    from migrated.checkpoint._assemble import code_bundle
     from migrated.checkpoint._chunks import BufferLayout, Chunked, Piece, chunk_hash, chunk_snapshot
     from migrated.checkpoint._codec import Codec, StoredChunk
     from migrated.checkpoint._fingerprint import code_files, package_versions, runtime_fingerprint
-    from migrated.checkpoint._manifest import Draft, Kind, chunk_hashes, make_draft, package_mismatches
+    from migrated.checkpoint._manifest import (
+        Draft,
+        Kind,
+        check_code_path,
+        check_manifest,
+        chunk_hashes,
+        make_draft,
+        package_mismatches,
+    )
     from migrated.checkpoint._retention import RetentionPolicy, parse_policy, thin
     from migrated.checkpoint._rows import VersionInfo
     from migrated.checkpoint._serialise import capture, deserialise, restore, serialise
@@ -39,6 +49,7 @@ __all__ = [
     "Codec",
     "Damaged",
     "Draft",
+    "Export",
     "GcReport",
     "Kind",
     "Loaded",
@@ -46,21 +57,26 @@ __all__ = [
     "Piece",
     "RetentionPolicy",
     "Segment",
+    "Signature",
     "Snapshot",
     "Store",
     "StoredChunk",
     "VerifyReport",
     "VersionInfo",
     "capture",
+    "check_code_path",
+    "check_manifest",
     "chunk_hash",
     "chunk_hashes",
     "chunk_snapshot",
+    "code_bundle",
     "code_files",
     "deserialise",
     "make_draft",
     "package_mismatches",
     "package_versions",
     "parse_policy",
+    "read_export",
     "restore",
     "runtime_fingerprint",
     "serialise",
@@ -68,6 +84,10 @@ __all__ = [
 ]
 
 _HOME = {
+    "Export": "_archive",
+    "Signature": "_archive",
+    "read_export": "_archive",
+    "code_bundle": "_assemble",
     "BufferLayout": "_chunks",
     "Chunked": "_chunks",
     "Piece": "_chunks",
@@ -80,6 +100,8 @@ _HOME = {
     "runtime_fingerprint": "_fingerprint",
     "Draft": "_manifest",
     "Kind": "_manifest",
+    "check_code_path": "_manifest",
+    "check_manifest": "_manifest",
     "chunk_hashes": "_manifest",
     "make_draft": "_manifest",
     "package_mismatches": "_manifest",

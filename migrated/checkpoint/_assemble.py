@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from migrated.checkpoint._chunks import chunk_hash
 from migrated.checkpoint._codec import StoredChunk, decode
 from migrated.checkpoint._snapshot import OutOfBand, Segment, Snapshot
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
-__all__ = ["Assembled", "Damage", "assemble", "check_chunk"]
+__all__ = ["Assembled", "Damage", "assemble", "check_chunk", "code_bundle"]
 
 _SERIALIZERS = {pb.SERIALIZER_DILL: "dill"}
 
@@ -88,3 +88,18 @@ def assemble(manifest: pb.CheckpointManifest, chunks: Iterable[tuple[bytes, Stor
         assembled.put(digest, stored)
     assembled.snapshot()
     return assembled
+
+
+def code_bundle(manifest: pb.CheckpointManifest, chunks: Mapping[bytes, StoredChunk]) -> dict[str, bytes]:
+    """A version's code files, path to content, each checked against its hash; ``Damage`` names the first bad or
+    missing chunk. The state is not touched."""
+    code: dict[str, bytes] = {}
+    for file in manifest.code:
+        stored = chunks.get(file.hash)
+        if stored is None:
+            raise Damage(file.hash, "is missing from the store")
+        raw = check_chunk(file.hash, stored)
+        if raw.nbytes != file.size:
+            raise Damage(file.hash, f"holds {raw.nbytes} bytes where the manifest says {file.size}")
+        code[file.path] = bytes(raw)
+    return code

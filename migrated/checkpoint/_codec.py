@@ -17,12 +17,25 @@ import zstandard
 
 from migrated.checkpoint._snapshot import Bytes
 
-__all__ = ["BUFFER_LEVEL", "MIN_RATIO", "STREAM_LEVEL", "Codec", "StoredChunk", "decode", "encode", "sample_level"]
+__all__ = [
+    "BUFFER_LEVEL",
+    "MAX_CHUNK",
+    "MIN_RATIO",
+    "STREAM_LEVEL",
+    "Codec",
+    "StoredChunk",
+    "decode",
+    "encode",
+    "sample_level",
+]
 
 MIN_RATIO = 1.1
 STREAM_LEVEL = 3  # pickled objects: ~6x at 16 KiB, ~350 MB/s
 BUFFER_LEVEL = 1  # array memory: the fastest level, when it pays at all
 _SAMPLES = 3
+MAX_CHUNK = 64 * 1024 * 1024
+"""Raw bytes a chunk may hold (state chunks are at most 64 KiB; a code file is one chunk): what a chunk from a
+file or a peer may expand to, checked before anything is allocated."""
 
 
 class Codec(IntEnum):
@@ -63,11 +76,17 @@ def encode(data: Bytes, level: int) -> StoredChunk:
 
 
 def decode(chunk: StoredChunk) -> Bytes:
-    """The raw bytes of a stored chunk; ``ValueError`` when they cannot be recovered."""
+    """The raw bytes of a stored chunk; ``ValueError`` when they cannot be recovered. The raw size it declares
+    is checked against ``MAX_CHUNK`` and against the zstd frame before anything is allocated."""
+    if not 0 <= chunk.raw_size <= MAX_CHUNK:
+        raise ValueError(f"it declares {chunk.raw_size} raw bytes, more than a chunk may hold ({MAX_CHUNK})")
     if chunk.codec == Codec.RAW:
         data = chunk.data
     elif chunk.codec == Codec.ZSTD:
         try:
+            declared = zstandard.frame_content_size(chunk.data)
+            if declared != chunk.raw_size:
+                raise ValueError(f"its zstd frame declares {declared} bytes where {chunk.raw_size} were recorded")
             data = zstandard.ZstdDecompressor().decompress(chunk.data, max_output_size=chunk.raw_size)
         except zstandard.ZstdError as exc:
             raise ValueError(f"zstd cannot decompress it ({exc})") from None

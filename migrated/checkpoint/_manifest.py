@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from migrated.checkpoint import _codec
-from migrated.checkpoint._chunks import BufferLayout, Chunked, Piece, chunk_hash, chunk_snapshot
+from migrated.checkpoint._chunks import HASH_SIZE, BufferLayout, Chunked, Piece, chunk_hash, chunk_snapshot
 from migrated.checkpoint._snapshot import Bytes, Snapshot
 from migrated.errors import CheckpointError
 from migrated.transport.v1 import checkpoint_pb2 as pb
@@ -17,7 +17,8 @@ __all__ = [
     "Draft",
     "Kind",
     "buffer_layouts",
-    "check_format",
+    "check_code_path",
+    "check_manifest",
     "chunk_hashes",
     "kind_of",
     "make_draft",
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+MAX_CODE_FILES = 10_000
+_MAX_PATH = 4096
+_MAX_PART = 255
 
 
 class Kind(StrEnum):
@@ -147,16 +151,55 @@ def buffer_layouts(manifest: pb.CheckpointManifest) -> list[BufferLayout]:
     ]
 
 
-def check_format(manifest: pb.CheckpointManifest, where: str) -> None:
-    """Refuse a manifest this version of migrated cannot read."""
+def check_manifest(manifest: pb.CheckpointManifest, where: str) -> None:
+    """Refuse a manifest this version of migrated cannot read, or one that does not hold together: chunk sizes
+    past ``MAX_CHUNK``, buffers whose chunks do not add up, code paths that could leave the app's folder."""
     if manifest.format_version > FORMAT_VERSION:
         raise CheckpointError(
             f"{where} was written in checkpoint format {manifest.format_version}, newer than this migrated reads "
             f"({FORMAT_VERSION}); upgrade migrated"
         )
+    refs = [*manifest.stream, *(ref for buffer in manifest.buffers for ref in buffer.chunks)]
+    if any(len(ref.hash) != HASH_SIZE or ref.size > _codec.MAX_CHUNK for ref in refs):
+        raise CheckpointError(f"{where} is inconsistent: a chunk reference is malformed or too large")
     for buffer in manifest.buffers:
         if sum(ref.size for ref in buffer.chunks) != buffer.size:
             raise CheckpointError(f"{where} is inconsistent: a buffer's chunks do not add up to its size")
+    _check_code(manifest, where)
+
+
+def _check_code(manifest: pb.CheckpointManifest, where: str) -> None:
+    if len(manifest.code) > MAX_CODE_FILES:
+        raise CheckpointError(f"{where} holds {len(manifest.code)} code files, more than {MAX_CODE_FILES}")
+    paths = set()
+    for file in manifest.code:
+        problem = check_code_path(file.path)
+        if problem:
+            raise CheckpointError(f"{where} holds a code file with an unusable path ({problem})")
+        if len(file.hash) != HASH_SIZE or file.size > _codec.MAX_CHUNK:
+            raise CheckpointError(f"{where} holds a code file ({file.path}) that is malformed or too large")
+        paths.add(file.path)
+    if len(paths) != len(manifest.code):
+        raise CheckpointError(f"{where} holds the same code file twice")
+    for path in paths:
+        parent = path.rpartition("/")[0]
+        while parent:
+            if parent in paths:
+                raise CheckpointError(f"{where} holds {parent} both as a code file and as a folder of {path}")
+            parent = parent.rpartition("/")[0]
+
+
+def check_code_path(path: str) -> str:
+    """Why ``path`` cannot be a code file of an app ("" when it can): a relative path that stays in its folder."""
+    shown = repr(path) if len(path) <= 80 else repr(path[:77]) + "..."
+    if not path or len(path.encode(errors="surrogatepass")) > _MAX_PATH:
+        return f"{shown} is empty or too long"
+    if "\0" in path or path.startswith("/"):
+        return f"{shown} is absolute or holds a NUL"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") or len(part.encode(errors="surrogatepass")) > _MAX_PART for part in parts):
+        return f"{shown} has an empty, '.' or '..' part, or a part too long"
+    return ""
 
 
 def package_mismatches(manifest: pb.CheckpointManifest, installed: Mapping[str, str]) -> list[str]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from blake3 import blake3
+from google.protobuf.message import DecodeError
+
 from migrated.checkpoint._codec import Codec, StoredChunk
 from migrated.checkpoint._manifest import Kind
-from migrated.errors import VersionNotFoundError
+from migrated.errors import CheckpointDamagedError, VersionNotFoundError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
 __all__ = [
@@ -17,6 +21,8 @@ __all__ = [
     "VersionRow",
     "chunk_ids",
     "find_version",
+    "manifest_hash",
+    "parse_manifest",
     "read_chunks",
     "read_version_chunks",
     "version_infos",
@@ -63,16 +69,42 @@ def version_infos(conn: sqlite3.Connection, app: str) -> list[VersionInfo]:
     return [_info(row) for row in conn.execute(query, (app,))]
 
 
+def manifest_hash(data: bytes) -> bytes:
+    """What a version row keeps to find a damaged manifest: the BLAKE3 of its bytes."""
+    return blake3(data).digest()
+
+
 def find_version(conn: sqlite3.Connection, app: str, version: int | None) -> VersionRow:
-    """A version of ``app`` (its latest when ``version`` is None); ``VersionNotFoundError`` when there is none."""
-    query = f"SELECT {_VERSION_COLUMNS}, v.manifest FROM versions v JOIN apps a ON a.id = v.app_id WHERE a.name = ?"
+    """A version of ``app`` (its latest when ``version`` is None); ``VersionNotFoundError`` when there is none,
+    ``CheckpointDamagedError`` when its manifest does not match its hash."""
+    query = (
+        f"SELECT {_VERSION_COLUMNS}, v.manifest, v.manifest_hash FROM versions v JOIN apps a ON a.id = v.app_id "
+        "WHERE a.name = ?"
+    )
     if version is None:
         row = conn.execute(query + " ORDER BY v.version DESC LIMIT 1", (app,)).fetchone()
     else:
         row = conn.execute(query + " AND v.version = ?", (app, version)).fetchone()
     if row is None:
         raise _not_found(app, version)
-    return VersionRow(row[0], _info(row), pb.CheckpointManifest.FromString(row[9]))
+    info = _info(row)
+    return VersionRow(row[0], info, parse_manifest(row[9], row[10], info))
+
+
+def parse_manifest(data: bytes, digest: bytes | None, info: VersionInfo) -> pb.CheckpointManifest:
+    """A stored manifest, once it matches its hash; ``CheckpointDamagedError`` otherwise."""
+    manifest = None
+    if digest is None or manifest_hash(data) == digest:
+        with contextlib.suppress(DecodeError):
+            manifest = pb.CheckpointManifest.FromString(data)
+    if manifest is None:
+        raise CheckpointDamagedError(
+            f"version {info.version} of {info.app!r} is damaged (its manifest does not match its hash); restore "
+            f"an earlier version (mig history {info.app})",
+            app=info.app,
+            version=info.version,
+        )
+    return manifest
 
 
 def _not_found(app: str, version: int | None) -> VersionNotFoundError:

@@ -82,6 +82,21 @@ _M001 = (
 )
 
 
+@migration
+def m002_manifest_hash(db: Database) -> None:
+    """Each version keeps the BLAKE3 of its manifest, so ``verify`` and ``load`` find a damaged one."""
+    from blake3 import blake3
+
+    db.conn.create_function("manifest_hash", 1, lambda data: blake3(data).digest(), deterministic=True)
+    db.execute("DROP TRIGGER versions_are_immutable")
+    db.execute("ALTER TABLE versions ADD COLUMN manifest_hash BLOB")
+    db.execute("UPDATE versions SET manifest_hash = manifest_hash(manifest)")
+    db.execute(
+        """CREATE TRIGGER versions_are_immutable BEFORE UPDATE ON versions
+        BEGIN SELECT RAISE(ABORT, 'checkpoint versions are immutable'); END"""
+    )
+
+
 def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with the store's settings."""
     target = str(path) if create else f"file:{urllib.parse.quote(str(path))}?mode=rw"

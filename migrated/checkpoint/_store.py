@@ -13,6 +13,7 @@ A store opened with ``readonly=True`` (a runner that restores an app) has no wri
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,21 +22,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
+from migrated._storage import disk_problem, storage_error
 from migrated.checkpoint import _archive, _retention, _rows, _schema, _writes
-from migrated.checkpoint._assemble import Assembled, Damage, check_chunk
+from migrated.checkpoint._assemble import Assembled, Damage, check_chunk, code_bundle
 from migrated.checkpoint._chunks import Piece
 from migrated.checkpoint._codec import Codec, StoredChunk, encode
-from migrated.checkpoint._manifest import Draft, Kind, check_format, chunk_hashes, proto_kind
+from migrated.checkpoint._manifest import Draft, Kind, check_manifest, chunk_hashes, proto_kind
 from migrated.checkpoint._rows import VersionInfo
 from migrated.checkpoint._snapshot import Snapshot
 from migrated.checkpoint._writer import Writer
-from migrated.errors import CheckpointDamagedError, CheckpointError, StateDirError
+from migrated.errors import CheckpointDamagedError, CheckpointError, MigError, StateDirError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
 __all__ = ["Damaged", "Loaded", "Store", "VerifyReport"]
 
 ChunkSource = Mapping[bytes, Piece | StoredChunk]
+Code = dict[str, bytes]
 T = TypeVar("T")
+_FIX = "free some space, or fix the disk, and start again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,12 @@ class Store:
         if not readonly:
             self.unclean = self._marker.exists()
             self._writer = Writer(self._open_writer, f"checkpoint-store-writer {self.path.name}")
-            self._marker.touch()
+            try:
+                self._marker.touch()
+            except OSError as exc:
+                self.close()
+                problem = disk_problem(exc, self.path.parent)
+                raise StateDirError(f"cannot use {self.path.parent}: {problem}; {_FIX}") from None
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _schema.connect(self.path, create=True)
@@ -99,6 +108,9 @@ class Store:
                 self.problems = [] if rows == ["ok"] else rows
         except sqlite3.DatabaseError as exc:
             conn.close()
+            problem = disk_problem(exc, self.path.parent)
+            if problem:
+                raise StateDirError(f"cannot open the checkpoint store {self.path}: {problem}; {_FIX}") from None
             raise StateDirError(
                 f"the checkpoint store {self.path} cannot be used ({exc}); move it aside to start an empty one"
             ) from None
@@ -137,11 +149,14 @@ class Store:
         if conn.in_transaction:  # a read inside a read: same snapshot
             yield conn
             return
-        conn.execute("BEGIN")
         try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._failure(exc, "the checkpoint store could not be read") from None
 
     def apps(self) -> list[str]:
         """Apps with at least one version."""
@@ -184,11 +199,13 @@ class Store:
         """Bring a version back (the latest when ``version`` is None), checking every chunk against its hash.
 
         A damaged or missing chunk raises ``CheckpointDamagedError`` naming the app and version, so the caller
-        can fall back to an earlier version (``load_last_good`` does).
+        can fall back to an earlier version (``load_last_good`` does). A version larger than the memory this host
+        has available is refused before anything is allocated.
         """
         with self._read() as conn:
             row = _rows.find_version(conn, app, version)
-            check_format(row.manifest, f"version {row.info.version} of {app!r}")
+            check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
+            _check_fits(row.manifest, row.info)
             assembled = Assembled(row.manifest)
             try:
                 for digest, stored in _rows.read_version_chunks(conn, row.id):
@@ -197,6 +214,18 @@ class Store:
             except Damage as damage:
                 raise _damaged(app, row.info.version, damage) from None
         return Loaded(row.info, row.manifest, snapshot, assembled.code_files())
+
+    def load_code(self, app: str, version: int | None = None) -> tuple[VersionInfo, pb.CheckpointManifest, Code]:
+        """A version's manifest and code bundle, checked, without its state (what a daemon needs to run it)."""
+        with self._read() as conn:
+            row = _rows.find_version(conn, app, version)
+            check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
+            stored = dict(_rows.read_chunks(conn, list({file.hash for file in row.manifest.code})))
+        try:
+            code = code_bundle(row.manifest, stored)
+        except Damage as damage:
+            raise _damaged(app, row.info.version, damage) from None
+        return row.info, row.manifest, code
 
     def load_last_good(self, app: str) -> tuple[Loaded, list[CheckpointDamagedError]]:
         """The newest version of ``app`` that loads whole, and the damage of the newer ones it skipped."""
@@ -213,7 +242,8 @@ class Store:
         return self.load(app), skipped  # raises VersionNotFoundError
 
     def verify(self) -> VerifyReport:
-        """Re-hash every stored chunk and report each damaged one with the versions that use it."""
+        """Re-hash every stored chunk and manifest; report each damaged chunk with the versions that use it, and
+        each version whose manifest is damaged (with an empty chunk hash)."""
         bad: dict[int, tuple[bytes, str]] = {}
         count = size = 0
         with self._read() as conn:
@@ -225,7 +255,9 @@ class Store:
                     check_chunk(digest, StoredChunk(Codec(codec), raw_size, data))
                 except Damage as damage:
                     bad[chunk_id] = (digest, damage.reason)
-            damaged = _damaged_versions(conn, bad)
+                except ValueError:
+                    bad[chunk_id] = (digest, f"is stored with an unknown codec ({codec})")
+            damaged = _damaged_manifests(conn) + _damaged_versions(conn, bad)
         return VerifyReport(count, size, damaged)
 
     # Writes
@@ -241,7 +273,7 @@ class Store:
         return self._put(manifest, chunks, new_app=False)
 
     def _put(self, manifest: pb.CheckpointManifest, chunks: ChunkSource, *, new_app: bool) -> VersionInfo:
-        check_format(manifest, f"the checkpoint of {manifest.app!r}")
+        check_manifest(manifest, f"the checkpoint of {manifest.app!r}")
         missing = self.missing(chunk_hashes(manifest))
         ready = {digest: _encoded(digest, chunks) for digest in missing}
 
@@ -254,23 +286,29 @@ class Store:
         """``put_version`` of a draft made in this process."""
         return self.put_version(draft.manifest, draft.pieces)
 
-    def export(self, app: str, out: BinaryIO, version: int | None = None) -> int:
-        """Write one version (the latest by default), its chunks and code to ``out``; return the bytes written."""
+    def export(self, app: str, out: BinaryIO, version: int | None = None, sign: _archive.Sign | None = None) -> int:
+        """Write one version (the latest by default), its chunks and code to ``out``, signed by ``sign`` if
+        given; return the bytes written."""
         with self._read() as conn:
             row = _rows.find_version(conn, app, version)
-            return _archive.write_export(out, row.manifest, _rows.read_version_chunks(conn, row.id))
+            return _archive.write_export(out, row.manifest, _rows.read_version_chunks(conn, row.id), sign)
 
     def import_(self, src: BinaryIO, name: str = "", source: str = "the file") -> VersionInfo:
         """Check an export from ``src`` whole, then store it as the first version of a new app (``name``, or
         the name it was exported under). ``source`` names the file in error messages."""
-        manifest, chunks = _archive.read_export(src, source)
+        return self.add_import(_archive.read_export(src, source), name)
+
+    def add_import(self, export: _archive.Export, name: str = "") -> VersionInfo:
+        """Store a checked export as the first version of a new app (``name``, or the name it was exported
+        under), in one transaction; ``AppExistsError`` if that app has versions already."""
+        manifest = export.manifest
         imported = pb.CheckpointManifest()
         imported.CopyFrom(manifest)
         imported.app = name or manifest.app
         imported.origin_app, imported.origin_version = manifest.app, manifest.version
         imported.kind, imported.parent, imported.created = proto_kind(Kind.IMPORT), 0, 0
         imported.message = f"import of {manifest.app} version {manifest.version}"
-        return self._put(imported, chunks, new_app=True)
+        return self._put(imported, export.chunks, new_app=True)
 
     def restore(self, app: str, version: int, message: str = "", kind: Kind = Kind.RESTORE) -> VersionInfo:
         """Bring back ``version`` as a new version whose parent it is (history is never rewritten); ``kind`` is
@@ -290,28 +328,37 @@ class Store:
 
     def delete_versions(self, app: str, versions: Sequence[int]) -> list[int]:
         """Delete versions of ``app``; return those that existed. Their chunks stay until ``gc``."""
-        return self._write(lambda conn: _writes.delete_versions(conn, app, versions))
+        return self._write(lambda conn: _writes.delete_versions(conn, app, versions), "not deleted")
 
     def apply_retention(self, app: str, policy: _retention.RetentionPolicy) -> list[int]:
         """Thin ``app``'s automatic versions by ``policy``; return the versions deleted."""
-        return self._write(lambda conn: _writes.retain(conn, app, policy))
+        return self._write(lambda conn: _writes.retain(conn, app, policy), "not thinned")
 
     def remove_app(self, app: str) -> int:
         """Delete every version of ``app`` (``mig rm``); return how many. Chunks stay until ``gc``."""
-        return self._write(lambda conn: _writes.remove_app(conn, app))
+        return self._write(lambda conn: _writes.remove_app(conn, app), "not removed")
 
     def gc(self) -> _writes.GcReport:
         """Delete every chunk that no version references."""
-        return self._write(_writes.gc)
+        return self._write(_writes.gc, "nothing collected")
 
     def _latest_number(self, app: str) -> int:
         with self._read() as conn:
             return _rows.find_version(conn, app, None).info.version
 
-    def _write(self, task: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(self, task: Callable[[sqlite3.Connection], T], what: str = "not saved") -> T:
         if self._writer is None:
             raise CheckpointError(f"the checkpoint store {self.path} is open read-only or closed")
-        return self._writer.run(task)
+        try:
+            return self._writer.run(task)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failure(exc, what) from None
+
+    def _failure(self, exc: sqlite3.Error | OSError, what: str) -> MigError:
+        """One sentence for a failure of SQLite or the disk under the store."""
+        if disk_problem(exc, self.path.parent):
+            return storage_error(exc, self.path.parent, what)
+        return CheckpointError(f"{what}: the checkpoint store {self.path} failed ({exc}); run mig verify")
 
 
 def _encoded(digest: bytes, chunks: ChunkSource) -> StoredChunk:
@@ -328,12 +375,44 @@ def _encoded(digest: bytes, chunks: ChunkSource) -> StoredChunk:
     return given
 
 
+def _check_fits(manifest: pb.CheckpointManifest, info: VersionInfo) -> None:
+    """Refuse to assemble a state larger than the memory available (a manifest may declare any size)."""
+    size = sum(ref.size for ref in manifest.stream) + sum(buffer.size for buffer in manifest.buffers)
+    available = _available_memory()
+    if size > available:
+        raise CheckpointError(
+            f"version {info.version} of {info.app!r} holds {size / 2**30:.1f} GiB of state, more than the "
+            f"{available / 2**30:.1f} GiB of memory this host has available; open it on a larger host"
+        )
+
+
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo (all of RAM where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _damaged(app: str, version: int, damage: Damage) -> CheckpointDamagedError:
     return CheckpointDamagedError(
         f"version {version} of {app!r} is damaged ({damage}); restore an earlier version (mig history {app})",
         app=app,
         version=version,
     )
+
+
+def _damaged_manifests(conn: sqlite3.Connection) -> list[Damaged]:
+    found = []
+    query = "SELECT a.name, v.version, v.manifest, v.manifest_hash FROM versions v JOIN apps a ON a.id = v.app_id"
+    for app, version, data, digest in conn.execute(query + " ORDER BY a.name, v.version"):
+        if digest is None or _rows.manifest_hash(data) != digest:
+            found.append(Damaged(app, version, b"", "its manifest does not match its hash"))
+    return found
 
 
 def _damaged_versions(conn: sqlite3.Connection, bad: Mapping[int, tuple[bytes, str]]) -> list[Damaged]:

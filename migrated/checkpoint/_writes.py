@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from migrated.checkpoint import _retention
 from migrated.checkpoint._codec import StoredChunk
 from migrated.checkpoint._manifest import Kind, chunk_hashes, kind_of, proto_kind
-from migrated.checkpoint._rows import VersionInfo, chunk_ids, find_version, version_infos
+from migrated.checkpoint._rows import VersionInfo, chunk_ids, find_version, manifest_hash, version_infos
 from migrated.checkpoint._writer import immediate
 from migrated.errors import AppExistsError, CheckpointError
 from migrated.transport.v1 import checkpoint_pb2 as pb
@@ -176,9 +176,10 @@ def _insert_version(
         manifest.bytes_added,
         manifest.total_bytes,
     )
+    data = manifest.SerializeToString()
     cursor = conn.execute(
-        "INSERT INTO versions (app_id, version, parent, created, kind, message, bytes_added, total_bytes, manifest) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO versions (app_id, version, parent, created, kind, message, bytes_added, total_bytes, manifest, "
+        "manifest_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             app_id,
             info.version,
@@ -188,7 +189,8 @@ def _insert_version(
             info.message,
             info.bytes_added,
             info.total_bytes,
-            manifest.SerializeToString(),
+            data,
+            manifest_hash(data),
         ),
     )
     version_id = _rowid(cursor)

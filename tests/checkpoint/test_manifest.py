@@ -19,7 +19,7 @@ from migrated.checkpoint import (
     runtime_fingerprint,
     serialise,
 )
-from migrated.checkpoint._manifest import FORMAT_VERSION, check_format, kind_of
+from migrated.checkpoint._manifest import FORMAT_VERSION, check_manifest, kind_of
 from migrated.errors import CheckpointError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
@@ -59,7 +59,7 @@ def test_a_newer_format_is_refused() -> None:
     manifest = make_draft("a", serialise(1), kind="manual").manifest
     manifest.format_version = FORMAT_VERSION + 1
     with pytest.raises(CheckpointError, match="newer than this migrated reads"):
-        check_format(manifest, "version 3 of 'a'")
+        check_manifest(manifest, "version 3 of 'a'")
 
 
 def test_package_mismatches_name_what_is_missing_or_different() -> None:
