@@ -424,8 +424,11 @@ def export_(ctx: Context, name: str, output: str, version: int) -> None:
 def import_(ctx: Context, file: str, name: str) -> None:
     """Check an exported file whole and add it as a new, closed app."""
     request = pb.ImportRequest(path=os.path.abspath(file), name=name, cwd=os.getcwd())
-    info = ctx.daemon.call(ctx.daemon.stub.Import, request)
-    click.echo(f"imported {info.name} (version {info.version}); mig open {info.name} runs it")
+    reply = ctx.daemon.call(ctx.daemon.stub.Import, request)
+    signed = f", signed by {reply.signer}" if reply.trusted else ""
+    click.echo(f"imported {reply.app.name} (version {reply.app.version}{signed}); mig open {reply.app.name} runs it")
+    if reply.warning:
+        click.echo(f"mig: warning: {reply.warning}", err=True)
 
 
 @cli.command()

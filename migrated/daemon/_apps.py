@@ -9,21 +9,26 @@ import enum
 import json
 import logging
 import os
-import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from migrated.checkpoint import Kind, Store, VersionInfo, parse_policy
+from migrated._names import check_app_name
+from migrated.checkpoint import Export, Kind, Store, VersionInfo, code_bundle, parse_policy, read_export
+from migrated.checkpoint._archive import Sign
+from migrated.daemon import _code
 from migrated.daemon._console import Console
+from migrated.daemon._exports import ExportTrust, Signer
 from migrated.daemon._runner import Captured, Outcome, Runner
 from migrated.errors import (
     AppExistsError,
     AppFileError,
     AppNotFoundError,
     AppStateError,
+    ExportFileError,
     MigError,
     UsageError,
 )
@@ -35,7 +40,6 @@ __all__ = ["AppRecord", "AppSpec", "AppTable", "State"]
 
 log = logging.getLogger("migrated.daemon")
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 STOP_GRACE = 5.0
 CRASH_WINDOW = 60.0  # crashes this close together count towards giving up
 MAX_CRASHES = 5
@@ -141,9 +145,16 @@ class AppTable:
     """Every app this daemon knows, by name; watcher tasks run in the daemon's task group."""
 
     def __init__(
-        self, tasks: asyncio.TaskGroup, state_dir: Path, store: Store, console_lines: int, console_bytes: int
+        self,
+        tasks: asyncio.TaskGroup,
+        state_dir: Path,
+        store: Store,
+        console_lines: int,
+        console_bytes: int,
+        exports: ExportTrust,
     ) -> None:
         self._tasks = tasks
+        self._exports = exports
         self._apps: dict[str, AppRecord] = {}
         self.store = store
         self._console_dir = state_dir / "console"
@@ -492,7 +503,7 @@ class AppTable:
         """A new, closed app from a version of ``name`` (its latest by default), sharing every chunk."""
         source = self.get(name)
         spec = dataclasses.replace(source.spec, name=new_name)
-        _check_name(new_name)
+        check_app_name(new_name)
         if new_name in self._apps:
             raise AppExistsError(f"an app called {new_name!r} exists already; choose another name for the fork")
         info = await asyncio.to_thread(self.store.fork, name, new_name, version or None)
@@ -501,28 +512,47 @@ class AppTable:
         return record
 
     async def export(self, name: str, path: str, version: int = 0) -> tuple[VersionInfo, int]:
-        """Write a version with its chunks and code to one file (replaced whole, never left half written)."""
+        """Write a version with its chunks and code to one signed file (replaced whole, never left half written)."""
         self.get(name)
         info = await asyncio.to_thread(self.store.get_version, name, version) if version else None
         info = info or await asyncio.to_thread(self.store.latest, name)
         if info is None:
             raise AppStateError(f"{name!r} has no checkpoint to export; mig checkpoint {name} takes one")
-        written = await asyncio.to_thread(_export_file, self.store, name, info.version, Path(path))
+        sign = self._exports.sign
+        written = await asyncio.to_thread(_export_file, self.store, name, info.version, Path(path), sign)
         return info, written
 
-    async def import_(self, path: str, name: str, cwd: str) -> AppRecord:
-        """A new, closed app from an export file, checked whole before anything is stored."""
+    async def import_(self, path: str, name: str, cwd: str) -> tuple[AppRecord, Signer]:
+        """A new, closed app from an export file, and who signed it. Everything is checked first (the file whole,
+        the name, the code paths, the signature); the version is stored in one transaction and its code unpacked
+        beside it; a refused import leaves nothing behind."""
+        export = await asyncio.to_thread(_read_export, Path(path))
+        signer = self._exports.signer(export, path)
         if name:
-            _check_name(name)
-            if name in self._apps:
-                raise AppExistsError(f"an app called {name!r} exists already; import it under another name")
-        info = await asyncio.to_thread(_import_file, self.store, Path(path), name)
-        if info.app in self._apps:
-            await asyncio.to_thread(self.store.remove_app, info.app)
-            raise AppExistsError(f"an app called {info.app!r} exists already; import it with --name NEW")
-        loaded = await asyncio.to_thread(self.store.load, info.app, info.version)
-        spec = _materialise(self._code_dir / info.app, info.app, loaded.manifest, loaded.code, cwd)
-        return self._add_closed(spec, info.version)
+            check_app_name(name)
+        else:
+            name = check_app_name(export.manifest.app, f"{path} (an export)", "import it with --name NEW")
+        await self._refuse_taken(name, "import it under another name with --name NEW")
+        code = await asyncio.to_thread(_code_of, export, path)
+        folder = await asyncio.to_thread(_code.unpack, self._code_dir, code)
+        try:
+            info = await asyncio.to_thread(self.store.add_import, export, name)
+        except BaseException:
+            _code.discard(folder)
+            raise
+        try:
+            folder = _code.place(folder, self._code_dir, name)
+            record = self._add_closed(_spec_from_code(name, folder, export.manifest, code, cwd), info.version)
+        except BaseException:
+            _code.discard(folder)
+            await asyncio.to_thread(self.store.remove_app, name)
+            raise
+        return record, signer
+
+    async def _refuse_taken(self, name: str, fix: str) -> None:
+        stored = await asyncio.to_thread(self.store.latest, name)
+        if name in self._apps or stored is not None:
+            raise AppExistsError(f"an app called {name!r} exists already; {fix}")
 
     def _add_closed(self, spec: AppSpec, version: int) -> AppRecord:
         record = AppRecord(spec, self._new_console(spec.name), state=State.CLOSED, version=version)
@@ -614,19 +644,11 @@ class AppTable:
                 await self.stop(record.name, reason="the daemon stopped")
 
 
-def _check_name(name: str) -> None:
-    if not _NAME.fullmatch(name):
-        raise UsageError(
-            f"{name!r} is not a valid app name; use up to 64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-
-
-def _export_file(store: Store, name: str, version: int, path: Path) -> int:
+def _export_file(store: Store, name: str, version: int, path: Path, sign: Sign) -> int:
     tmp = path.with_name(f".{path.name}.part")
     try:
         with open(tmp, "wb") as out:
-            written = store.export(name, out, version)
+            written = store.export(name, out, version, sign)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -636,28 +658,28 @@ def _export_file(store: Store, name: str, version: int, path: Path) -> int:
     return written
 
 
-def _import_file(store: Store, path: Path, name: str) -> VersionInfo:
+def _read_export(path: Path) -> Export:
     try:
         with open(path, "rb") as src:
-            return store.import_(src, name, source=str(path))
+            return read_export(src, str(path))
     except OSError as exc:
         raise AppFileError(f"cannot read {path} ({exc.strerror or exc}); give the path of a .mig export") from None
 
 
-def _materialise(directory: Path, name: str, manifest: Any, code: dict[str, bytes], cwd: str) -> AppSpec:
-    """Write an imported app's code bundle to ``directory``; its spec runs it from there."""
-    shutil.rmtree(directory, ignore_errors=True)
-    for relative, content in code.items():
-        target = (directory / relative).resolve()
-        if not target.is_relative_to(directory.resolve()):
-            raise AppFileError(f"the export holds a code file outside its folder ({relative}); it was not imported")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+def _code_of(export: Export, source: str) -> dict[str, bytes]:
+    try:
+        return code_bundle(export.manifest, export.chunks)
+    except ValueError as exc:  # Damage: the file was checked whole, so only a bug or a race gets here
+        raise ExportFileError(f"{source} is damaged ({exc}); export the version again") from None
+
+
+def _spec_from_code(name: str, folder: Path, manifest: Any, code: Mapping[str, bytes], cwd: str) -> AppSpec:
+    """The spec that runs an app from its unpacked code bundle in ``folder``."""
     if manifest.app_module == "migrated.runtime._repl":
         return AppSpec(name=name, kind="repl", file="", app_class="", cwd=cwd)
     stem = manifest.app_module.removeprefix("_mig_app_")
     main = next((p for p in code if Path(p).stem == stem and "/" not in p), next(iter(code), f"{stem}.py"))
-    return AppSpec(name=name, kind="script", file=str(directory / main), app_class=manifest.app_class, cwd=cwd)
+    return AppSpec(name=name, kind="script", file=str(folder / main), app_class=manifest.app_class, cwd=cwd)
 
 
 def _check_spec(spec: AppSpec) -> None:
@@ -667,7 +689,7 @@ def _check_spec(spec: AppSpec) -> None:
         raise UsageError(f"--restart {spec.restart!r} is not a policy; use on-crash or never")
     if spec.autosave < 0 or (0 < spec.autosave < 0.1):
         raise UsageError(f"--autosave {spec.autosave:g} is not a period; give seconds, 0.1 or more (0: no autosave)")
-    _check_name(spec.name)
+    check_app_name(spec.name)
     if not os.path.isdir(spec.cwd):
         raise AppFileError(f"the working directory {spec.cwd} does not exist; run mig from an existing directory")
     if spec.kind == "script" and not Path(spec.file).is_file():

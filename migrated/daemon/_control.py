@@ -181,10 +181,16 @@ class ControlService(control_pb2_grpc.ControlServicer):
         info, written = await self.apps.export(request.name, request.path, request.version)
         return pb.ExportReply(version=_version(info), bytes=written)
 
-    async def Import(self, request: pb.ImportRequest, context: Context) -> pb.AppInfo:
+    async def Import(self, request: pb.ImportRequest, context: Context) -> pb.ImportReply:
         if not os.path.isabs(request.path):
             raise UsageError(f"{request.path} is not an absolute path; the command line sends absolute paths")
-        return self.info(await self.apps.import_(request.path, request.name, request.cwd or os.getcwd()))
+        record, signer = await self.apps.import_(request.path, request.name, request.cwd or os.getcwd())
+        return pb.ImportReply(
+            app=self.info(record),
+            signer=signer.name,
+            trusted=signer.trusted,
+            warning=signer.warning(record.name, request.path),
+        )
 
     async def Gc(self, request: pb.GcRequest, context: Context) -> pb.GcReply:
         report = await asyncio.to_thread(self.apps.store.gc)

@@ -24,8 +24,10 @@ from typing import Any
 
 import grpc.aio
 
+from migrated._names import check_app_name
 from migrated.checkpoint import Codec, StoredChunk, chunk_hashes, package_mismatches, package_versions
-from migrated.daemon._apps import AppRecord, AppSpec, AppTable, State, _check_name, _materialise
+from migrated.daemon import _code
+from migrated.daemon._apps import AppRecord, AppSpec, AppTable, State, _spec_from_code
 from migrated.daemon._handoff import (
     Abort,
     Action,
@@ -661,14 +663,15 @@ class Moves:
             await asyncio.to_thread(
                 self.store.adopt, staging, entry["staged_version"], name, f"moved from {entry['source_name']}"
             )
-        loaded = await asyncio.to_thread(self.store.load, name)
+        info, manifest, code = await asyncio.to_thread(self.store.load_code, name)
         settings = entry["settings"]
         record = self.apps.find(name)
         if record is not None and record.state is State.AWAY:
             spec = record.spec  # it comes home
         else:
-            code_dir = self.code_dir / name
-            spec = _materialise(code_dir, name, loaded.manifest, loaded.code, str(code_dir))
+            folder = await asyncio.to_thread(_code.unpack, self.code_dir, code)
+            folder = _code.place(folder, self.code_dir, name)
+            spec = _spec_from_code(name, folder, manifest, code, str(folder))
             spec = replace(
                 spec,
                 kind=settings["kind"],
@@ -681,14 +684,14 @@ class Moves:
         home_here = entry["home_device"] == self.peers.identity.device_id
         if entry.get("closed"):
             await self.home_io.closed(name)
-            return self.apps.adopt_closed(spec, loaded.info.version, entry["epoch"])
+            return self.apps.adopt_closed(spec, info.version, entry["epoch"])
         files_home = (entry.get("files_home", ""), entry.get("files_home_name", ""))
         if files_home[0] == self.peers.identity.device_id:
             files_home = ("", "")  # its files come home with it
             self.home_io.revoke_files(name)
         record = await self.apps.adopt(
             spec,
-            loaded.info.version,
+            info.version,
             epoch=entry["epoch"],
             home="" if home_here else entry["home"],
             home_device="" if home_here else entry["home_device"],
@@ -931,7 +934,7 @@ def _checked(ref: pb.MigrationRef) -> pb.MigrationRef:
     """A migration named in a peer's message, refused unless well formed (a paired peer can still be buggy)."""
     if not _MIGRATION_ID.fullmatch(ref.id) or ref.epoch < 1:
         raise UsageError(f"the message names no valid migration (id {ref.id[:40]!r}, epoch {ref.epoch})")
-    _check_name(ref.app)
+    check_app_name(ref.app, "the peer's message")
     return ref
 
 

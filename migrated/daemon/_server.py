@@ -16,6 +16,7 @@ from migrated.checkpoint import Store
 from migrated.daemon._apps import AppTable
 from migrated.daemon._config import PeerSettings
 from migrated.daemon._control import ControlService
+from migrated.daemon._exports import ExportTrust
 from migrated.daemon._home import HomeIO
 from migrated.daemon._moves import Moves
 from migrated.daemon._peers import Peers
@@ -63,7 +64,8 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
     try:
         await peers.start()
         async with asyncio.TaskGroup() as tasks:
-            apps = AppTable(tasks, config.state_dir, store, config.console_lines, config.console_bytes)
+            exports = ExportTrust(peers.identity, config.host, peers.paired)
+            apps = AppTable(tasks, config.state_dir, store, config.console_lines, config.console_bytes, exports)
             await apps.load_saved()
             if store.unclean:
                 log.warning("the checkpoint store was not closed cleanly; quick_check: %s", store.problems or "ok")

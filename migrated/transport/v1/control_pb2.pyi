@@ -1186,6 +1186,38 @@ class ImportRequest(_message.Message):
 Global___ImportRequest: _TypeAlias = ImportRequest  # noqa: Y015
 
 @_typing.final
+class ImportReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    SIGNER_FIELD_NUMBER: _builtins.int
+    TRUSTED_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    signer: _builtins.str
+    """the host that signed the file ("" for none): this host or a paired one when trusted"""
+    trusted: _builtins.bool
+    """signed by this host or a paired one"""
+    warning: _builtins.str
+    """when not trusted: one sentence saying that opening it runs its code"""
+    @_builtins.property
+    def app(self) -> Global___AppInfo: ...
+    def __init__(
+        self,
+        *,
+        app: Global___AppInfo | None = ...,
+        signer: _builtins.str = ...,
+        trusted: _builtins.bool = ...,
+        warning: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "signer", b"signer", "trusted", b"trusted", "warning", b"warning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportReply: _TypeAlias = ImportReply  # noqa: Y015
+
+@_typing.final
 class GcRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -112,7 +112,7 @@ class ControlStub:
         self.Import = channel.unary_unary(
                 '/migrated.v1.Control/Import',
                 request_serializer=migrated_dot_v1_dot_control__pb2.ImportRequest.SerializeToString,
-                response_deserializer=migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+                response_deserializer=migrated_dot_v1_dot_control__pb2.ImportReply.FromString,
                 _registered_method=True)
         self.Gc = channel.unary_unary(
                 '/migrated.v1.Control/Gc',
@@ -428,7 +428,7 @@ def add_ControlServicer_to_server(servicer, server):
             'Import': grpc.unary_unary_rpc_method_handler(
                     servicer.Import,
                     request_deserializer=migrated_dot_v1_dot_control__pb2.ImportRequest.FromString,
-                    response_serializer=migrated_dot_v1_dot_control__pb2.AppInfo.SerializeToString,
+                    response_serializer=migrated_dot_v1_dot_control__pb2.ImportReply.SerializeToString,
             ),
             'Gc': grpc.unary_unary_rpc_method_handler(
                     servicer.Gc,
@@ -922,7 +922,7 @@ class Control:
             target,
             '/migrated.v1.Control/Import',
             migrated_dot_v1_dot_control__pb2.ImportRequest.SerializeToString,
-            migrated_dot_v1_dot_control__pb2.AppInfo.FromString,
+            migrated_dot_v1_dot_control__pb2.ImportReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,7 +46,7 @@ class ControlStub:
     Restore: _grpc.UnaryUnaryMultiCallable[_control_pb2.RestoreRequest, _control_pb2.AppInfo]
     Fork: _grpc.UnaryUnaryMultiCallable[_control_pb2.ForkRequest, _control_pb2.AppInfo]
     Export: _grpc.UnaryUnaryMultiCallable[_control_pb2.ExportRequest, _control_pb2.ExportReply]
-    Import: _grpc.UnaryUnaryMultiCallable[_control_pb2.ImportRequest, _control_pb2.AppInfo]
+    Import: _grpc.UnaryUnaryMultiCallable[_control_pb2.ImportRequest, _control_pb2.ImportReply]
     Gc: _grpc.UnaryUnaryMultiCallable[_control_pb2.GcRequest, _control_pb2.GcReply]
     Verify: _grpc.UnaryUnaryMultiCallable[_control_pb2.VerifyRequest, _control_pb2.VerifyReply]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_control_pb2.ShutdownRequest, _control_pb2.ShutdownReply]
@@ -78,7 +78,7 @@ class ControlAsyncStub(ControlStub):
     Restore: _aio.UnaryUnaryMultiCallable[_control_pb2.RestoreRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
     Fork: _aio.UnaryUnaryMultiCallable[_control_pb2.ForkRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
     Export: _aio.UnaryUnaryMultiCallable[_control_pb2.ExportRequest, _control_pb2.ExportReply]  # type: ignore[assignment]
-    Import: _aio.UnaryUnaryMultiCallable[_control_pb2.ImportRequest, _control_pb2.AppInfo]  # type: ignore[assignment]
+    Import: _aio.UnaryUnaryMultiCallable[_control_pb2.ImportRequest, _control_pb2.ImportReply]  # type: ignore[assignment]
     Gc: _aio.UnaryUnaryMultiCallable[_control_pb2.GcRequest, _control_pb2.GcReply]  # type: ignore[assignment]
     Verify: _aio.UnaryUnaryMultiCallable[_control_pb2.VerifyRequest, _control_pb2.VerifyReply]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_control_pb2.ShutdownRequest, _control_pb2.ShutdownReply]  # type: ignore[assignment]
@@ -203,7 +203,7 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _control_pb2.ImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_control_pb2.AppInfo, _abc.Awaitable[_control_pb2.AppInfo]]: ...
+    ) -> _typing.Union[_control_pb2.ImportReply, _abc.Awaitable[_control_pb2.ImportReply]]: ...
 
     @_abc_1.abstractmethod
     def Gc(
