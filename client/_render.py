@@ -81,7 +81,6 @@ def app_table(apps: list[pb.AppInfo]) -> None:
         table.add_column(column)
     for app in apps:
         state = state_name(app.state)
-        detail = app.reason if app.ended_at else ""
         table.add_row(
             app.name,
             state,
@@ -90,7 +89,7 @@ def app_table(apps: list[pb.AppInfo]) -> None:
             str(app.pid) if app.pid else "-",
             str(app.version) if app.version else "-",
             _age(app.started_at),
-            detail,
+            app.reason,
         )
     if not apps:
         print("no apps; start one with: mig run FILE.py")

@@ -7,17 +7,19 @@ SQLite and the file system report these as ``sqlite3.Error`` and ``OSError``; th
 from __future__ import annotations
 
 import errno
+import shutil
 import sqlite3
 from pathlib import Path
 
 from migrated.errors import StorageError
 
-__all__ = ["disk_problem", "is_storage_failure", "storage_error"]
+__all__ = ["disk_problem", "fix", "storage_error"]
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _READ_ONLY = frozenset({errno.EROFS})
 _DENIED = frozenset({errno.EACCES, errno.EPERM})
 # Primary SQLite result codes (the extended ones keep them in the low byte).
+_LOW = 1 << 20
 _SQLITE_FULL, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN, _SQLITE_PERM = 13, 8, 10, 14, 3
 
 
@@ -30,15 +32,10 @@ def disk_problem(exc: BaseException, where: Path) -> str:
     return ""
 
 
-def is_storage_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a failure to read or write the state directory (not a bug)."""
-    return isinstance(exc, OSError | sqlite3.Error)
-
-
 def storage_error(exc: BaseException, where: Path, what: str) -> StorageError:
     """One sentence for a failed write: ``what`` (e.g. "version not saved"), why, and what to do."""
     problem = disk_problem(exc, where) or f"{where} cannot be written ({exc})"
-    return StorageError(f"{what}: {problem}; {_fix(problem)}")
+    return StorageError(f"{what}: {problem}; {fix(problem)}")
 
 
 def _os_problem(exc: OSError, where: Path) -> str:
@@ -55,7 +52,7 @@ def _os_problem(exc: OSError, where: Path) -> str:
 
 def _sqlite_problem(exc: sqlite3.Error, where: Path) -> str:
     code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
-    if code == _SQLITE_FULL:
+    if code == _SQLITE_FULL or (code == _SQLITE_IOERR and _nearly_full(where)):
         return f"the disk that holds {where} is full"
     if code == _SQLITE_READONLY:
         return f"the disk that holds {where} is read-only"
@@ -64,7 +61,17 @@ def _sqlite_problem(exc: sqlite3.Error, where: Path) -> str:
     return ""
 
 
-def _fix(problem: str) -> str:
+def _nearly_full(where: Path) -> bool:
+    """Whether the disk under ``where`` has almost no room (SQLite reports a full disk as an I/O error when it
+    cannot grow its shared-memory file)."""
+    try:
+        return shutil.disk_usage(where).free < _LOW
+    except OSError:
+        return False
+
+
+def fix(problem: str) -> str:
+    """What to do about a ``disk_problem``."""
     if problem.endswith("is full"):
         return "free some space"
     if problem.endswith("read-only"):

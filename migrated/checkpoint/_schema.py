@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from migrated._storage import disk_problem
+from migrated._storage import fix as _fix
 from migrated.errors import StateDirError
 
 if TYPE_CHECKING:
@@ -106,6 +108,9 @@ def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
     except sqlite3.DatabaseError as exc:
+        problem = disk_problem(exc, path.parent)
+        if problem:
+            raise StateDirError(f"cannot open the checkpoint store {path}: {problem}; {_fix(problem)}") from None
         raise StateDirError(
             f"cannot open the checkpoint store {path} ({exc}); check the state directory, or move the file aside "
             "to start an empty store"

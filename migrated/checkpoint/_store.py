@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
-from migrated._storage import disk_problem, storage_error
+from migrated._storage import disk_problem, fix, storage_error
 from migrated.checkpoint import _archive, _retention, _rows, _schema, _writes
 from migrated.checkpoint._assemble import Assembled, Damage, check_chunk, code_bundle
 from migrated.checkpoint._chunks import Piece
@@ -39,7 +39,6 @@ __all__ = ["Damaged", "Loaded", "Store", "VerifyReport"]
 ChunkSource = Mapping[bytes, Piece | StoredChunk]
 Code = dict[str, bytes]
 T = TypeVar("T")
-_FIX = "free some space, or fix the disk, and start again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +95,8 @@ class Store:
                 self._marker.touch()
             except OSError as exc:
                 self.close()
-                problem = disk_problem(exc, self.path.parent)
-                raise StateDirError(f"cannot use {self.path.parent}: {problem}; {_FIX}") from None
+                problem = disk_problem(exc, self.path.parent) or str(exc)
+                raise StateDirError(f"cannot use {self.path.parent}: {problem}; {fix(problem)}") from None
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _schema.connect(self.path, create=True)
@@ -110,7 +109,9 @@ class Store:
             conn.close()
             problem = disk_problem(exc, self.path.parent)
             if problem:
-                raise StateDirError(f"cannot open the checkpoint store {self.path}: {problem}; {_FIX}") from None
+                raise StateDirError(
+                    f"cannot open the checkpoint store {self.path}: {problem}; {fix(problem)}"
+                ) from None
             raise StateDirError(
                 f"the checkpoint store {self.path} cannot be used ({exc}); move it aside to start an empty one"
             ) from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from migrated._names import check_app_name
+from migrated._storage import storage_error
 from migrated.checkpoint import Export, Kind, Store, VersionInfo, code_bundle, parse_policy, read_export
 from migrated.checkpoint._archive import Sign
 from migrated.daemon import _code
@@ -30,6 +31,7 @@ from migrated.errors import (
     AppStateError,
     ExportFileError,
     MigError,
+    StorageError,
     UsageError,
 )
 
@@ -106,6 +108,7 @@ class AppRecord:
     console_applied: int = 0  # while AWAY: the last console line of the remote copy applied here
     console_session: float = 0.0  # and the start of the daemon that numbered it
     crash_times: list[float] = field(default_factory=list)
+    save_error: str = ""  # why its last checkpoint was not stored ("" once one is)
     autosave_task: asyncio.Task[None] | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one checkpoint or transition at a time
@@ -163,6 +166,7 @@ class AppTable:
         self._shutting_down = asyncio.Event()
         self._console_lines = console_lines
         self._console_bytes = console_bytes
+        self._unsaved: dict[str, AppRecord] = {}  # records the disk refused to keep, saved again when it takes them
         self.io: HomeIO | None = None  # home I/O, set once the daemon has its peers
 
     def __iter__(self):  # type: ignore[no-untyped-def]
@@ -271,27 +275,46 @@ class AppTable:
         return loaded
 
     async def _autosave(self, record: AppRecord, runner: Runner) -> None:
-        """Checkpoint every ``autosave`` seconds while this runner lives; thin autosaves by the policy."""
+        """Checkpoint every ``autosave`` seconds while this runner lives; thin autosaves by the policy. A failed
+        autosave is said once and tried again after a pause that doubles with each failure."""
         policy = parse_policy(record.spec.keep) if record.spec.keep else None
-        failure = ""
+        failures, said = 0, ""
         while True:
-            await asyncio.sleep(record.spec.autosave)
+            await asyncio.sleep(_backoff(record.spec.autosave, failures))
             if record.runner is not runner or not record.running:
                 return
             if record.state is not State.RUNNING:
                 continue
             try:
-                await self.checkpoint(record.name, "autosave")
+                info, _ = await self.checkpoint(record.name, "autosave")
                 if policy is not None:
                     await asyncio.to_thread(self.store.apply_retention, record.name, policy)
-                failure = ""
             except MigError as exc:
-                if exc.message != failure:  # say it once, not every period
-                    await record.console.note(f"autosave of {record.name} failed: {exc.message}")
-                failure = exc.message
+                failures += 1
+                if exc.message != said:  # say it once, not every period
+                    again = _backoff(record.spec.autosave, failures)
+                    await record.console.note(
+                        f"autosave of {record.name} failed: {exc.message} (again in {again:.0f} s)"
+                    )
+                said = exc.message
+                continue
+            if failures:
+                await record.console.note(f"autosave of {record.name} works again (version {info.version})")
+            failures, said = 0, ""
 
     async def _watch(self, record: AppRecord, runner: Runner) -> None:
-        outcome = await runner.wait()
+        """Wait for the runner to end; record how, and bring a crashed app back. Whatever fails here, the run
+        is marked ended (a stop waits for that) and the daemon goes on."""
+        ended = record.ended  # a recovery starts a new run with an event of its own
+        try:
+            await self._ended(record, await runner.wait())
+        except Exception:
+            log.exception("the watcher of %s failed; %s is marked crashed", record.name, record.name)
+            record.state, record.reason = State.CRASHED, record.reason or "the daemon lost track of it"
+        finally:
+            ended.set()
+
+    async def _ended(self, record: AppRecord, outcome: Outcome) -> None:
         if record.stop_reason and outcome.crashed and outcome.exit_code < 0:
             outcome = Outcome(False, outcome.exit_code, record.stop_reason)
         record.state = State.CRASHED if outcome.crashed else State.EXITED
@@ -317,7 +340,6 @@ class AppTable:
             await self._recover(record)
         else:
             await record.console.close()
-        record.ended.set()
 
     def _why_not_recover(self, record: AppRecord) -> str:
         """Why a crashed app cannot be brought back now ("" when it can); counts the crash."""
@@ -344,14 +366,18 @@ class AppTable:
             record.console.reopen()
             try:
                 loaded = await self._start(record, _load_spec(record.spec, self.store.path))
-                restored = int(loaded.get("version", record.version))
-                message = f"brought back from version {restored} after: {record.reason}"
-                info = await asyncio.to_thread(self.store.restore, record.name, restored, message, Kind.CRASH)
             except MigError as exc:
                 await self._give_up(record, f"bringing it back failed: {exc.message}")
                 return
-            record.version = info.version
             record.restarts += 1
+            restored = int(loaded.get("version", record.version))
+            message = f"brought back from version {restored} after: {record.reason}"
+            try:
+                info = await asyncio.to_thread(self.store.restore, record.name, restored, message, Kind.CRASH)
+            except MigError as exc:  # it runs all the same; only its history lacks the crash version
+                await record.console.note(f"{record.name} is back from version {restored} ({exc.message})")
+                return
+            record.version = info.version
             self.save(record, State.RUNNING)
         await record.console.note(f"{record.name} is back from version {restored} (as version {info.version})")
 
@@ -439,11 +465,13 @@ class AppTable:
         manifest.console_cursor = record.console.log.next_seq - 1
         try:
             info = await asyncio.to_thread(self.store.put_version, manifest, captured.chunks)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StorageError):
+                record.save_error = exc.message
             if hold:
                 await runner.resume()  # not stored: the app must not stop
             raise
-        record.version = info.version
+        record.version, record.save_error = info.version, ""
         log.info("%s: version %d (%s), paused %.1f ms", record.name, info.version, kind, captured.pause * 1000)
         return info, captured
 
@@ -557,8 +585,12 @@ class AppTable:
     def _add_closed(self, spec: AppSpec, version: int) -> AppRecord:
         record = AppRecord(spec, self._new_console(spec.name), state=State.CLOSED, version=version)
         record.ended.set()
+        try:
+            self.save(record, State.CLOSED, strict=True)
+        except BaseException:
+            record.console.destroy()
+            raise
         self._apps[spec.name] = record
-        self.save(record, State.CLOSED)
         return record
 
     async def adopt(
@@ -616,9 +648,24 @@ class AppTable:
             record.console.destroy()
         self._specs.delete(name)
 
-    def save(self, record: AppRecord, state: State | None = None) -> None:
-        """Keep what a restart needs of the app: its spec, its state, where it runs and its home."""
-        self._specs.save(record.spec, state or record.state, record.place())
+    def save(self, record: AppRecord, state: State | None = None, *, strict: bool = False) -> None:
+        """Keep what a restart needs of the app: its spec, its state, where it runs and its home. A disk that
+        refuses is logged and tried again with the next save (``strict``: raise ``StorageError`` instead)."""
+        try:
+            self._specs.save(record.spec, state or record.state, record.place())
+        except StorageError as exc:
+            if strict:
+                raise
+            if record.name not in self._unsaved:
+                log.warning("%s: %s", record.name, exc.message)
+            self._unsaved[record.name] = record
+            return
+        self._unsaved.pop(record.name, None)
+        for other in list(self._unsaved.values()):  # the disk takes writes again
+            if self._apps.get(other.name) is other:
+                self.save(other)
+            else:
+                self._unsaved.pop(other.name, None)
 
     async def history(self, name: str) -> list[VersionInfo]:
         """Every version of an app, oldest first."""
@@ -638,7 +685,8 @@ class AppTable:
         try:
             await self.close(record.name)
         except MigError as exc:
-            log.warning("%s could not be closed (%s); stopping it", record.name, exc)
+            since = f"version {record.version}" if record.version else "its start (it has no checkpoint)"
+            log.warning("%s could not be saved (%s); it is stopped, and opens from %s", record.name, exc, since)
             await record.console.note(f"{record.name} could not be saved at daemon shutdown: {exc}")
             with contextlib.suppress(MigError):
                 await self.stop(record.name, reason="the daemon stopped")
@@ -682,6 +730,12 @@ def _spec_from_code(name: str, folder: Path, manifest: Any, code: Mapping[str, b
     return AppSpec(name=name, kind="script", file=str(folder / main), app_class=manifest.app_class, cwd=cwd)
 
 
+def _backoff(period: float, failures: int) -> float:
+    """Seconds before the next autosave: the period, doubled with each failure in a row, up to a minute (or the
+    period, when it is longer)."""
+    return float(min(max(period, 60.0), period * 2**failures))
+
+
 def _check_spec(spec: AppSpec) -> None:
     if spec.keep:
         parse_policy(spec.keep)
@@ -719,11 +773,15 @@ class _SpecFiles:
     def save(self, spec: AppSpec, state: State, place: dict[str, Any]) -> None:
         data = json.dumps({"spec": dataclasses.asdict(spec), "state": state.value, "place": place}).encode()
         tmp = self.directory / f".{spec.name}.json.tmp"
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.directory / f"{spec.name}.json")
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.directory / f"{spec.name}.json")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(exc, self.directory, f"the record of {spec.name} was not saved") from None
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):

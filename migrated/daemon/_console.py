@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import logging
 import os
 import shutil
 import struct
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 __all__ = ["Console", "ConsoleLog", "ConsoleRead", "FileStore", "MemoryStore", "Stored", "split_lines"]
+
+log = logging.getLogger("migrated.daemon")
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 MAX_RECORD = 1024 * 1024  # a longer line is kept as several records, so a batch stays bounded
@@ -94,10 +99,25 @@ class MemoryStore:
         self.segments.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An append the disk did not take yet: where it belongs and what its index record says."""
+
+    segment: int
+    offset: int
+    data: bytes
+    seq: int
+    lines: int
+
+
 class FileStore:
     """Segment files ``00000000.log``, ``00000001.log``, ... in a directory of their own, each with its index
     (``.idx``). With ``keep`` what an earlier run wrote there is taken up (a torn last append is cut off);
-    without, the directory starts empty."""
+    without, the directory starts empty.
+
+    When the disk refuses a write (full, read-only), appends wait in memory in order, readable as usual, and
+    go to disk as soon as it takes them again: a full disk costs no console line while the daemon runs.
+    """
 
     def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES, keep: bool = False) -> None:
         self.directory = directory
@@ -106,7 +126,10 @@ class FileStore:
         self._indexes: dict[int, int] = {}
         self._stored: list[Stored] = []
         self._current = 0
-        self._size = 0
+        self._size = 0  # bytes of the current segment, written or pending
+        self._pending: deque[_Pending] = deque()
+        self._retry_at = 0.0
+        self.failure: OSError | None = None  # why appends wait in memory, while they do
         if keep and directory.is_dir():
             self._take_up()
         else:
@@ -119,8 +142,13 @@ class FileStore:
         return self.directory / f"{segment:08d}.{suffix}"
 
     def _open(self, segment: int) -> None:
-        self._fds[segment] = os.open(self._path(segment, "log"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        self._indexes[segment] = os.open(self._path(segment, "idx"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        log = os.open(self._path(segment, "log"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            index = os.open(self._path(segment, "idx"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError:
+            os.close(log)
+            raise
+        self._fds[segment], self._indexes[segment] = log, index
 
     def _take_up(self) -> None:
         """Rebuild the appends from the indexes; cut what follows the last whole one (a crash mid-append)."""
@@ -155,32 +183,76 @@ class FileStore:
         if self._size >= self.segment_bytes:
             self._current += 1
             self._size = 0
-            self._open(self._current)
-        offset = self._size
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fds[self._current], view)
-            view = view[written:]
+        place = _Pending(self._current, self._size, data, seq, lines)
         self._size += len(data)
-        os.write(self._indexes[self._current], _INDEX.pack(seq, lines, len(data), data.endswith(b"\n")))
-        return self._current, offset
+        self._pending.append(place)
+        self._write_pending(force=len(self._pending) == 1)
+        return place.segment, place.offset
+
+    def _write_pending(self, force: bool = False) -> None:
+        """Write waiting appends in order until one fails (then try again a second later, or when forced)."""
+        now = time.monotonic()
+        if not force and now < self._retry_at:
+            return
+        while self._pending:
+            try:
+                self._write(self._pending[0])
+            except OSError as exc:
+                self.failure, self._retry_at = exc, now + 1.0
+                return
+            self._pending.popleft()
+        self.failure = None
+
+    def _write(self, place: _Pending) -> None:
+        """One append and its index record, or (on failure) neither: a restart sees whole appends only."""
+        if place.segment not in self._fds:
+            self._open(place.segment)
+        fd, index = self._fds[place.segment], self._indexes[place.segment]
+        try:
+            _write_all(fd, place.data)
+            _write_all(index, _INDEX.pack(place.seq, place.lines, len(place.data), place.data.endswith(b"\n")))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, place.offset)
+                os.ftruncate(index, os.fstat(index).st_size // _INDEX.size * _INDEX.size)
+            raise
 
     def read(self, segment: int, offset: int, length: int) -> bytes:
-        return os.pread(self._fds[segment], length, offset)
+        first = self._pending[0] if self._pending else None
+        if first is None or segment < first.segment:
+            return os.pread(self._fds[segment], length, offset)
+        written = first.offset if segment == first.segment else 0  # bytes of this segment on disk
+        data = os.pread(self._fds[segment], min(length, written - offset), offset) if offset < written else b""
+        for place in self._pending:  # a block read may span appends on disk and appends waiting
+            if place.segment == segment and place.offset + len(place.data) > offset + len(data):
+                start = offset + len(data) - place.offset
+                data += place.data[start : start + length - len(data)]
+        return data
 
     def drop_before(self, segment: int) -> None:
+        while self._pending and self._pending[0].segment < segment:
+            self._pending.popleft()
         for number in [n for n in self._fds if n < segment]:
             os.close(self._fds.pop(number))
             os.close(self._indexes.pop(number))
             for suffix in ("log", "idx"):
                 with contextlib.suppress(FileNotFoundError):
                     self._path(number, suffix).unlink()
+        if self._pending:
+            self._write_pending()
 
     def close(self) -> None:
+        self._write_pending(force=True)
         for fd in [*self._fds.values(), *self._indexes.values()]:
             os.close(fd)
         self._fds.clear()
         self._indexes.clear()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def split_lines(data: bytes) -> list[bytes]:
@@ -408,11 +480,17 @@ class Console:
         self.log = ConsoleLog(max_lines, max_bytes, store)
         self.closed = False
         self._changed = asyncio.Event()
+        self._waiting = False  # the disk refused lines, which wait in memory
 
     async def write(self, data: bytes) -> None:
         """Append output and wake followers (also for an unfinished line: it may be a prompt)."""
         self.log.append(data)
         self._notify()
+        failure = getattr(self.log.store, "failure", None)
+        if (failure is not None) != self._waiting:
+            self._waiting = failure is not None
+            if failure is not None:
+                log.warning("console lines of %s wait in memory: %s", self.directory, failure)
 
     async def note(self, text: str) -> None:
         """Append a line from the daemon itself (a lifecycle event), always on a line of its own."""

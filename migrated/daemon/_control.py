@@ -68,7 +68,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             started_at=record.started_at,
             ended_at=record.ended_at,
             exit_code=record.exit_code,
-            reason=record.reason,
+            reason=record.reason or (record.save_error if record.running else ""),
             console_seq=record.console.log.next_seq - 1,
             version=record.version,
             autosave=spec.autosave,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from pathlib import Path
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from migrated.daemon import _console
 from migrated.daemon._console import ConsoleLog, FileStore, MemoryStore
 
 # Output as a list of writes, each of whole lines ending with a newline (no carriage returns).
@@ -241,3 +245,52 @@ def test_a_fresh_store_forgets_what_was_there(tmp_path: Path) -> None:
     log.append(b"old\n")
     log.store.close()
     assert ConsoleLog(store=FileStore(tmp_path / "c")).read().lines == []
+
+
+class _Os:
+    """The ``os`` module as the console module sees it, with ``write`` replaced."""
+
+    def __init__(self, write: object) -> None:
+        self.write = write
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+
+class FullDisk:
+    """``os.write`` for the console module that fails with ENOSPC while ``full``, after ``budget`` bytes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        self.budget = 0
+        self._write = os.write
+        monkeypatch.setattr(_console, "os", _Os(self))
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        if self.full:
+            if self.budget <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            data = memoryview(data)[: self.budget]  # a write the disk takes only in part
+            self.budget -= len(data)
+        return self._write(fd, data)
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes, writes, st.integers(min_value=0, max_value=40))
+def test_a_full_disk_keeps_every_line_and_writes_it_once_there_is_room(
+    monkeypatch: pytest.MonkeyPatch, before: list[bytes], during: list[bytes], budget: int
+) -> None:
+    disk = FullDisk(monkeypatch)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = reopened(Path(tmp) / "c")
+        append_all(log, before)
+        disk.full, disk.budget = True, budget
+        append_all(log, during)
+        log.flush()
+        everything = log.read(limit=10**6)
+        assert b"".join(data for _, data in everything.lines) == b"".join(before + during)
+        disk.full = False
+        log.append(b"room again\n")
+        log.store.close()
+        again = reopened(Path(tmp) / "c").read(limit=10**6)
+        assert again.lines == [*everything.lines, (log.next_seq - 1, b"room again\n")]
