@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import grpc
 
-from migrated._paths import socket_path, socket_path_fits, socket_path_too_long, unusable_state_dir
-from migrated.errors import DaemonError, DaemonNotRunningError, MigError, error_class
+from migrated._paths import check_owned, socket_path, socket_path_fits, socket_path_too_long, unusable_state_dir
+from migrated.errors import DaemonError, DaemonNotRunningError, MigError, StateDirError, error_class
 from migrated.transport.v1 import control_pb2 as pb
 from migrated.transport.v1 import control_pb2_grpc
 
@@ -62,6 +62,7 @@ def connect(state_dir: Path, autostart: bool = True) -> Daemon:
     """Connect to the daemon of ``state_dir``; start it first if none answers and ``autostart``."""
     if not socket_path_fits(state_dir):
         raise socket_path_too_long(state_dir)
+    _owned(state_dir, state_dir)  # whoever owns the directory can put a daemon of theirs on its socket
     daemon = _try_connect(state_dir)
     if daemon is not None:
         return daemon
@@ -73,8 +74,15 @@ def connect(state_dir: Path, autostart: bool = True) -> Daemon:
     return _start(state_dir)
 
 
+def _owned(state_dir: Path, path: Path) -> bool:
+    try:
+        return check_owned(path)
+    except OSError as exc:
+        raise unusable_state_dir(state_dir, exc) from None
+
+
 def _try_connect(state_dir: Path, timeout: float = 2.0) -> Daemon | None:
-    if not socket_path(state_dir).exists():
+    if not _owned(state_dir, socket_path(state_dir)):
         return None
     channel = grpc.insecure_channel(f"unix:{socket_path(state_dir)}")
     try:
@@ -88,6 +96,8 @@ def _try_connect(state_dir: Path, timeout: float = 2.0) -> Daemon | None:
 def _start(state_dir: Path) -> Daemon:
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_owned(state_dir)  # another user may have made it since connect() looked
+        check_owned(state_dir / "daemon.log")
         log = open(state_dir / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
     except OSError as exc:
         raise unusable_state_dir(state_dir, exc) from None
@@ -117,6 +127,8 @@ def _start(state_dir: Path) -> Daemon:
     daemon = _try_connect(state_dir)  # another mig may have started the daemon at the same time
     if daemon is not None:
         return daemon
+    if proc.poll() == StateDirError.exit_code:  # the daemon refused the directory: say it as it did
+        raise StateDirError(_last_error(state_dir))
     raise DaemonError(f"the daemon for {state_dir} failed to start: {_last_error(state_dir)}")
 
 

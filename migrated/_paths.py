@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pwd
+import stat
 from pathlib import Path
 
 from migrated.errors import StateDirError
 
 __all__ = [
     "SOCKET_NAME",
+    "check_owned",
     "default_state_dir",
     "resolve_state_dir",
     "socket_path",
@@ -56,3 +59,37 @@ def unusable_state_dir(state_dir: Path, exc: OSError) -> StateDirError:
 def socket_path_too_long(state_dir: Path) -> StateDirError:
     """The error for a state directory whose socket path does not fit in a Unix socket address."""
     return StateDirError(f"the state directory path {state_dir} is too long for a Unix socket; choose a shorter --dir")
+
+
+def check_owned(path: Path, *, private: bool = False) -> bool:
+    """Whether ``path`` exists; StateDirError if it or its target is not ours, or others may write a ``private`` one."""
+    try:
+        found = os.lstat(path)
+        if stat.S_ISLNK(found.st_mode):
+            _check_owner(path, found)
+            path, found = Path(os.path.realpath(path)), os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    _check_owner(path, found)
+    if private and found.st_mode & 0o022:
+        raise StateDirError(
+            f"{path} can be written by other users (mode {stat.S_IMODE(found.st_mode):04o}), so it may have been "
+            "changed; if you trust it, chmod go-w it, else use a state directory of your own"
+        )
+    return True
+
+
+def _check_owner(path: Path, found: os.stat_result) -> None:
+    # A root daemon must not trust what another user can change: a planted peer or socket runs their apps as root.
+    if found.st_uid != os.geteuid():
+        raise StateDirError(
+            f"{path} belongs to {_user(found.st_uid)}, not to {_user(os.geteuid())}; "
+            "use a state directory of your own, or chown it"
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"user {uid}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migrated._paths import check_owned
 from migrated.errors import ConfigError
 
 __all__ = ["DEFAULT_PORT", "Address", "PeerSettings", "load_config_file", "parse_address", "peer_settings"]
@@ -65,8 +66,10 @@ def parse_address(text: str, *, what: str, allow_port_zero: bool = False) -> Add
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read the TOML config file; a missing file is an empty config."""
+    """Read the TOML config file, if it and its directory are ours; a missing file is an empty config."""
     try:
+        check_owned(path.parent)  # the state directory: this file is read before the daemon opens (and checks) it
+        check_owned(path)
         text = path.read_text()
     except (FileNotFoundError, NotADirectoryError):
         return {}  # a state directory that cannot exist is reported when the daemon opens it

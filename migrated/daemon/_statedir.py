@@ -1,4 +1,4 @@
-"""The daemon's state directory: created private (0700), checked writable, locked by one daemon."""
+"""The daemon's state directory: created private (0700), checked ours and writable, locked by one daemon."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import fcntl
 import os
 from pathlib import Path
 
-from migrated._paths import socket_path, socket_path_fits, socket_path_too_long, unusable_state_dir
+from migrated._paths import check_owned, socket_path, socket_path_fits, socket_path_too_long, unusable_state_dir
 from migrated.errors import DirectoryLockedError
 
 __all__ = ["StateDir"]
+
+# The daemon writes these 0700/0600 itself: if others can write them, a key or a paired peer may be planted.
+_PRIVATE = frozenset({"identity", "peers.json"})
 
 
 class StateDir:
@@ -26,10 +29,12 @@ class StateDir:
         return socket_path(self.path)
 
     def open(self) -> None:
-        """Create the directory if needed, make it private, take the lock, clear a stale socket."""
+        """Create the directory if needed, check it is ours, make it private, take the lock, clear a stale socket."""
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_owned(self.path)  # after mkdir: another user may have made it first
             os.chmod(self.path, 0o700)
+            self._check_entries()  # once private: nothing new can be planted after the listing
             probe = self.path / ".write-test"
             probe.write_bytes(b"")
             probe.unlink()
@@ -40,6 +45,14 @@ class StateDir:
         self._lock()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
+
+    def _check_entries(self) -> None:
+        """Refuse entries another user owns (the store, the socket, the lock, the keys) before any is used."""
+        for entry in self.path.iterdir():
+            check_owned(entry, private=entry.name in _PRIVATE)
+        identity = self.path / "identity"
+        for entry in identity.iterdir() if identity.is_dir() else ():
+            check_owned(entry, private=True)
 
     def _lock(self) -> None:
         fd = os.open(self.path / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from migrated._paths import check_owned
 from migrated.errors import PeerNotFoundError, StateDirError
 
 __all__ = ["PairedPeer", "PairedPeers"]
@@ -34,9 +35,9 @@ class PairedPeers:
         self._by_client: dict[str, PairedPeer] = {}
 
     def load(self) -> None:
-        """Read the table; a missing file is an empty table."""
+        """Read the table, if it is ours and only we can write it; a missing file is an empty table."""
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text()) if check_owned(self.path, private=True) else []
         except FileNotFoundError:
             data = []
         except (OSError, ValueError) as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from migrated._paths import check_owned
 from migrated.errors import StateDirError
 from migrated.transport._open_ca import OPEN_CA_CERT
 
@@ -93,10 +94,11 @@ def channel_options() -> list[tuple[str, str | int]]:
 
 
 def load_identity(directory: Path, name: str) -> Identity:
-    """Load the identity kept in ``directory``, creating it (0600 files) on first start."""
+    """Load the identity kept in ``directory``, creating it (0600 files) on first start; ours only."""
     paths = [directory / "key.pem", directory / "cert.pem", directory / "client.pem"]
     try:
-        if all(path.exists() for path in paths):
+        check_owned(directory, private=True)
+        if all([check_owned(path, private=True) for path in paths]):  # a list: every file is checked
             key_pem, cert_pem, client_pem = (path.read_bytes() for path in paths)
             return Identity(key_pem, cert_pem, client_pem)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
