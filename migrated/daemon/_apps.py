@@ -23,8 +23,9 @@ from migrated.checkpoint._archive import Sign
 from migrated.daemon import _code
 from migrated.daemon._console import Console
 from migrated.daemon._exports import ExportTrust, Signer
-from migrated.daemon._runner import Captured, Outcome, Runner
+from migrated.daemon._runner import SAFE_POINT_WAIT, Busy, Captured, Outcome, Runner
 from migrated.errors import (
+    AppBusyError,
     AppExistsError,
     AppFileError,
     AppNotFoundError,
@@ -155,9 +156,11 @@ class AppTable:
         console_lines: int,
         console_bytes: int,
         exports: ExportTrust,
+        safe_point_wait: float = SAFE_POINT_WAIT,
     ) -> None:
         self._tasks = tasks
         self._exports = exports
+        self._safe_point_wait = safe_point_wait
         self._apps: dict[str, AppRecord] = {}
         self.store = store
         self._console_dir = state_dir / "console"
@@ -200,7 +203,7 @@ class AppTable:
                 self._apps[spec.name] = record
                 continue
             if state == State.CLOSED.value and latest is not None:
-                record.state = State.CLOSED
+                record.state, record.reason = State.CLOSED, str(place.get("reason", ""))
             elif latest is not None:
                 record.state = State.CLOSED
                 record.reason = (
@@ -320,10 +323,10 @@ class AppTable:
         record.state = State.CRASHED if outcome.crashed else State.EXITED
         if record.closing and not outcome.crashed:
             record.state = State.CLOSED
-        self.save(record)
         record.exit_code = outcome.exit_code
         record.reason = outcome.reason
         record.ended_at = time.time()
+        self.save(record)
         if record.autosave_task is not None:
             record.autosave_task.cancel()
             record.autosave_task = None
@@ -459,7 +462,15 @@ class AppTable:
             return [digest for digest in dict.fromkeys(hashes) if digest in lacking]
 
         runner = record.runner
-        captured = await runner.checkpoint(kind, message, missing, hold)
+        try:
+            captured = await runner.checkpoint(kind, message, missing, hold, self._safe_point_wait)
+        except Busy as busy:
+            outcome = {"close": "it was not closed", "move": "it was not moved"}.get(kind, "no version was taken")
+            where = f"in {busy.where}" if busy.where else "in a handler"
+            raise AppBusyError(
+                f"{record.name!r} is busy {where} and reached no safe point within {self._safe_point_wait:g} s, so "
+                f"{outcome}; try again once it is done, or stop it with mig kill --force {record.name}"
+            ) from None
         manifest = captured.manifest
         manifest.parent = record.version
         manifest.console_cursor = record.console.log.next_seq - 1
@@ -482,15 +493,15 @@ class AppTable:
             info, _ = await asyncio.shield(self._checkpoint(record, "move", message, hold=True))
         return info
 
-    async def close(self, name: str) -> AppRecord:
+    async def close(self, name: str, why: str = "closed by mig close") -> AppRecord:
         """Checkpoint a running app and stop it; it stays listed as closed, to be opened again."""
         record = self.get(name)
         if record.not_here():
             raise AppStateError(f"{record.not_here()}; close it there, or move it back first")
         async with record.lock:
-            await asyncio.shield(self._checkpoint(record, "close", "closed by mig close", hold=True))
+            await asyncio.shield(self._checkpoint(record, "close", why, hold=True))
             record.closing = True
-            await self.stop(name, reason="closed by mig close")  # the app is frozen since its capture
+            await self.stop(name, reason=why)  # the app is frozen since its capture
         return record
 
     async def open(self, name: str, version: int = 0) -> AppRecord:
@@ -652,7 +663,7 @@ class AppTable:
         """Keep what a restart needs of the app: its spec, its state, where it runs and its home. A disk that
         refuses is logged and tried again with the next save (``strict``: raise ``StorageError`` instead)."""
         try:
-            self._specs.save(record.spec, state or record.state, record.place())
+            self._specs.save(record.spec, state or record.state, {**record.place(), "reason": record.reason})
         except StorageError as exc:
             if strict:
                 raise
@@ -683,7 +694,7 @@ class AppTable:
 
     async def _close_or_stop(self, record: AppRecord) -> None:
         try:
-            await self.close(record.name)
+            await self.close(record.name, "closed when the daemon stopped")
         except MigError as exc:
             since = f"version {record.version}" if record.version else "its start (it has no checkpoint)"
             log.warning("%s could not be saved (%s); it is stopped, and opens from %s", record.name, exc, since)

@@ -57,6 +57,13 @@ __all__ = ["main"]
     show_default=True,
     help="Seconds an app's file or socket call waits for an unreachable home before it fails.",
 )
+@click.option(
+    "--safe-point-wait",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a checkpoint, close or move waits for an app to finish its handler before it gives up.",
+)
 @click.option("--handshake-timeout", type=float, default=10.0, hidden=True, help="Seconds a TLS handshake may take.")
 @click.option("--ready-fd", type=int, default=-1, hidden=True, help="Write 'ready' to this fd once serving.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -70,6 +77,7 @@ def main(
     mdns: bool | None,
     mdns_interfaces: tuple[str, ...],
     home_timeout: float,
+    safe_point_wait: float,
     handshake_timeout: float,
     ready_fd: int,
     verbose: bool,
@@ -95,6 +103,7 @@ def main(
             peers=peer_settings(file, listen=listen, peers=peers, mdns=mdns, interfaces=mdns_interfaces),
             handshake_timeout=handshake_timeout,
             home_timeout=home_timeout,
+            safe_point_wait=safe_point_wait,
         )
         asyncio.run(serve(config, ready=lambda: _signal_ready(ready_fd)))
     except MigError as exc:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
+import sysconfig
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +24,20 @@ from migrated.errors import RunnerError, error_class
 from migrated.runtime import _wire
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
-__all__ = ["Captured", "Outcome", "Runner"]
+__all__ = ["Busy", "Captured", "Outcome", "Runner", "stack_place"]
 
 _REPLIES = frozenset({_wire.Kind.MANIFEST, _wire.Kind.CHUNK, _wire.Kind.CAPTURED, _wire.Kind.CAPTURE_FAILED})
 _HOME_IO = frozenset({_wire.Kind.IO, _wire.Kind.OUT, _wire.Kind.ACK})
 
 Missing = Callable[[list[bytes]], Awaitable[list[bytes]]]
+_FRAME = re.compile(r'^\s*File "(.*)", line (\d+) in (\S+)', re.M)
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(_wire.__file__))
+_STDLIB = sysconfig.get_paths()["stdlib"]
 LOAD_TIMEOUT = 60.0
 PIPE_DRAIN = 2.0
+SAFE_POINT_WAIT = 10.0  # seconds a checkpoint waits for the app to finish its handler (migrated --safe-point-wait)
+REPLY_MARGIN = 1.0  # past the deadline, for an answer already on its way
+STACK_POLLS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,31 @@ class Captured:
     chunks: dict[bytes, Piece]
     pause: float
     capture: float
+
+
+class Busy(Exception):
+    """The app ran a handler past the bound: no safe point came. ``where`` names the handler and line."""
+
+    def __init__(self, where: str, within: float) -> None:
+        super().__init__(where)
+        self.where = where
+        self.within = within
+
+
+def stack_place(dump: str) -> str:
+    """``step() at app.py line 9`` from a faulthandler stack (most recent call first): the handler the runtime
+    called, and the innermost line of the app's own code ("" when the dump names neither)."""
+    frames = _FRAME.findall(dump)  # (path, line, function), innermost first
+    runtime = [i for i, (path, _, _) in enumerate(frames) if path.startswith(_RUNTIME_DIR)]
+    if not frames or not runtime:
+        return ""
+    handler = frames[runtime[0] - 1][2] if runtime[0] > 0 else ""
+    own = [frame for frame in frames[: runtime[0]] if not frame[0].startswith(_STDLIB)]
+    if not handler:
+        return ""
+    path, line, function = own[0] if own else frames[runtime[0] - 1]
+    inner = f" (in {function})" if function != handler else ""
+    return f"{handler}() at {os.path.basename(path)} line {line}{inner}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +88,14 @@ class Runner:
     """One runner process and the daemon's end of its socket."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stacks: int = -1,
     ) -> None:
         self.proc = proc
+        self._stacks = stacks  # read end of the pipe where the runner writes its stack on SIGUSR2
         self._reader = reader
         self._writer = writer
         self._decoder = _wire.FrameDecoder()
@@ -67,6 +106,8 @@ class Runner:
         self._replies: asyncio.Queue[_wire.Frame | None] = asyncio.Queue()
         self._on_frame: Callable[[_wire.Frame], None] | None = None
         self._on_end: list[Callable[[], None]] = []
+        self._conversation = asyncio.Lock()  # one checkpoint exchange at a time, abandoned ones included
+        self._abandoned: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -77,13 +118,15 @@ class Runner:
     async def spawn(cls, cwd: str) -> Runner:
         """Start a runner process in ``cwd``."""
         parent, child = socket.socketpair()
+        stacks, stacks_child = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "migrated.runtime._runner",
                 str(child.fileno()),
-                pass_fds=(child.fileno(),),
+                str(stacks_child),
+                pass_fds=(child.fileno(), stacks_child),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -93,11 +136,13 @@ class Runner:
             )
         except OSError as exc:
             parent.close()
+            os.close(stacks)
             raise RunnerError(f"cannot start a runner process in {cwd}: {exc.strerror or exc}") from None
         finally:
             child.close()
+            os.close(stacks_child)
         reader, writer = await asyncio.open_unix_connection(sock=parent)
-        return cls(proc, reader, writer)
+        return cls(proc, reader, writer, stacks)
 
     async def load(
         self, spec: dict[str, Any], console: Console, home_io: Callable[[_wire.Frame], None] | None = None
@@ -187,16 +232,39 @@ class Runner:
             return Outcome(False, 0, "the runner process ended with status 0")
         return Outcome(True, code, f"the runner process ended with status {code} without a report")
 
-    async def checkpoint(self, kind: str, message: str, missing: Missing, hold: bool = False) -> Captured:
+    async def checkpoint(
+        self, kind: str, message: str, missing: Missing, hold: bool = False, within: float = SAFE_POINT_WAIT
+    ) -> Captured:
         """Have the runner capture its app between two events and send the chunks ``missing`` says are new.
 
-        With ``hold`` the app stays frozen afterwards until ``request_stop`` or ``resume``.
+        With ``hold`` the app stays frozen afterwards until ``request_stop`` or ``resume``. A handler that runs
+        past ``within`` seconds raises ``Busy`` (naming where the app is); the runner answers later, unseen.
         """
-        request = {"kind": kind, "message": message, "hold": hold}
-        await self._send(_wire.encode_json(_wire.Kind.CHECKPOINT, request))
-        frame = await self._reply()
+        deadline = time.monotonic() + within
+        try:
+            async with asyncio.timeout(within):
+                await self._conversation.acquire()
+        except TimeoutError:
+            raise Busy(await self.where(), within) from None
+        try:
+            request = {"kind": kind, "message": message, "hold": hold, "deadline": deadline}
+            await self._send(_wire.encode_json(_wire.Kind.CHECKPOINT, request))
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + REPLY_MARGIN):
+                    frame = await self._reply()
+            except TimeoutError:
+                self._abandoned = asyncio.create_task(self._finish_abandoned(hold), name=f"abandoned {self.pid}")
+                raise Busy(await self.where(), within) from None
+            return await self._captured(frame, missing)
+        finally:
+            if self._abandoned is None or self._abandoned.done():
+                self._conversation.release()
+
+    async def _captured(self, frame: _wire.Frame, missing: Missing) -> Captured:
         if frame.kind is _wire.Kind.CAPTURE_FAILED:
             body = _body(frame)
+            if body.get("expired"):  # the handler ended just past the bound
+                raise Busy("", 0.0)
             raise error_class(str(body.get("error")))(str(body.get("message")))
         if frame.kind is not _wire.Kind.MANIFEST:
             raise RunnerError(f"the runner answered a checkpoint with {frame.kind.name}; try again")
@@ -213,6 +281,40 @@ class Runner:
         if frame.kind is not _wire.Kind.CAPTURED or set(need) - chunks.keys():
             raise RunnerError("the runner did not send every chunk of the checkpoint; try again")
         return Captured(manifest, chunks, float(body.get("pause", 0.0)), float(body.get("capture", 0.0)))
+
+    async def _finish_abandoned(self, hold: bool) -> None:
+        """Answer the runner for a checkpoint nobody waits for any more: it takes nothing, and the app goes on."""
+        try:
+            frame = await self._reply()
+            if frame.kind is _wire.Kind.MANIFEST:
+                await self._send(_wire.encode(_wire.Kind.NEED))
+                while (frame := await self._reply()).kind is _wire.Kind.CHUNK:
+                    pass
+                if hold and frame.kind is _wire.Kind.CAPTURED:
+                    await self.resume()
+        except RunnerError:
+            pass  # the runner ended
+        finally:
+            self._conversation.release()
+
+    async def where(self) -> str:
+        """Where the app is now, as the handler and the line it runs ("" when the runner cannot say)."""
+        if self._stacks < 0 or self.proc.returncode is not None:
+            return ""
+        with contextlib.suppress(OSError):
+            while os.read(self._stacks, 65536):  # what an earlier question left
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.proc.pid, signal.SIGUSR2)
+        text = b""
+        for _ in range(STACK_POLLS):
+            await asyncio.sleep(0.02)
+            with contextlib.suppress(BlockingIOError):
+                more = os.read(self._stacks, 65536)
+                text += more
+                if not more or (text.endswith(b"\n") and b"File" in text):
+                    break
+        return stack_place(text.decode(errors="replace"))
 
     async def _reply(self) -> _wire.Frame:
         frame = await self._replies.get()

@@ -20,6 +20,7 @@ from migrated.daemon._exports import ExportTrust
 from migrated.daemon._home import HomeIO
 from migrated.daemon._moves import Moves
 from migrated.daemon._peers import Peers
+from migrated.daemon._runner import SAFE_POINT_WAIT
 from migrated.daemon._statedir import StateDir
 from migrated.transport._errors import ErrorInterceptor
 from migrated.transport.v1 import control_pb2_grpc
@@ -40,6 +41,7 @@ class DaemonConfig:
     peers: PeerSettings = field(default_factory=PeerSettings)
     handshake_timeout: float = 10.0
     home_timeout: float = 30.0
+    safe_point_wait: float = SAFE_POINT_WAIT
 
 
 async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) -> None:
@@ -65,7 +67,15 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
         await peers.start()
         async with asyncio.TaskGroup() as tasks:
             exports = ExportTrust(peers.identity, config.host, peers.paired)
-            apps = AppTable(tasks, config.state_dir, store, config.console_lines, config.console_bytes, exports)
+            apps = AppTable(
+                tasks,
+                config.state_dir,
+                store,
+                config.console_lines,
+                config.console_bytes,
+                exports,
+                config.safe_point_wait,
+            )
             await apps.load_saved()
             if store.unclean:
                 log.warning("the checkpoint store was not closed cleanly; quick_check: %s", store.problems or "ok")

@@ -160,8 +160,12 @@ class Driver:
             self.next_step = time.monotonic() + max(0.0, float(delay))
 
     def _checkpoint(self, request: dict[str, Any]) -> None:
-        """Capture the state between two events and send the chunks the daemon lacks; the app waits."""
+        """Capture the state between two events and send the chunks the daemon lacks; the app waits. A request
+        that came too late (a handler ran past the daemon's bound) is answered without a capture."""
         started = time.perf_counter()
+        if time.monotonic() > float(request.get("deadline", "inf")):
+            self.channel.send(_wire.Kind.CAPTURE_FAILED, {"error": "AppBusyError", "message": "", "expired": True})
+            return
         try:
             from migrated.runtime import _net
 
@@ -219,6 +223,7 @@ class Driver:
 
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+_STACKS: Any = None  # the pipe SIGUSR2 writes the app's stack to: kept open while the runner lives
 _STEPPING = "_mig_stepping"  # saved with the state: whether step() still runs after a thaw
 _HOME_STATE = "_mig_home"  # saved with the state: the home line's cursor and unacknowledged output
 
@@ -305,9 +310,15 @@ def _tie_to_daemon() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Run one app; ``argv[1]`` is the file descriptor of the socket to the daemon."""
+    """Run one app; ``argv[1]`` is the file descriptor of the socket to the daemon, ``argv[2]`` (if given) a
+    pipe where SIGUSR2 writes the stack the app is in (the daemon asks when a handler runs past its bound)."""
     _tie_to_daemon()
     faulthandler.enable()
+    if len(argv) > 2:
+        os.set_inheritable(int(argv[2]), False)
+        global _STACKS
+        _STACKS = os.fdopen(int(argv[2]), "w")
+        faulthandler.register(signal.SIGUSR2, file=_STACKS, all_threads=False)
     sock = socket.socket(fileno=int(argv[1]))
     channel = Channel(sock)
     if isinstance(sys.stdout, io.TextIOWrapper):
