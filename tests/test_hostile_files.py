@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import psutil  # type: ignore[import-untyped]
 import pytest
 import zstandard
@@ -277,3 +278,34 @@ def test_an_old_store_gets_manifest_hashes_and_verifies_clean(daemons: Daemons, 
     assert again.mig("verify").out.endswith("0 damaged\n")
     again.mig("open", "old")
     again.wait_state("old", "running")
+
+
+def test_a_paired_peer_that_stages_a_bomb_is_refused_and_the_daemon_stays_small(
+    daemons: Daemons, exported: Path
+) -> None:
+    from migrated.transport._identity import load_identity
+    from migrated.transport.v1 import peer_pb2, peer_pb2_grpc
+    from tests.test_peers import channel, pair
+
+    alpha, beta = daemons.start("--name", "alpha"), daemons.start("--name", "beta")
+    pair(alpha, beta)
+    with open(exported, "rb") as src:
+        original = read_export(src)
+    manifest = original.manifest
+    target = manifest.stream[0].hash
+    evil = bomb(768 << 20, 768 << 20)
+    ref = peer_pb2.MigrationRef(id="ab" * 16, app="bombed", epoch=1)
+    chunks = [
+        peer_pb2.ChunkData(hash=digest, codec=int(chunk.codec), raw_size=chunk.raw_size, data=bytes(chunk.data))
+        for digest, chunk in {**original.chunks, target: evil}.items()
+    ]
+    before = psutil.Process(alpha.pid).memory_info().rss
+    identity = load_identity(beta.dir / "identity", "beta")
+    with channel(alpha, identity.key_pem, identity.client_cert_pem) as ch:
+        stub = peer_pb2_grpc.PeerStub(ch)
+        requests = iter([peer_pb2.StageRequest(migration=ref, manifest=manifest), peer_pb2.StageRequest(chunks=chunks)])
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Stage(requests, timeout=60)
+    assert "declares" in (refused.value.details() or ""), refused.value.details()
+    assert psutil.Process(alpha.pid).memory_info().rss - before < 64 << 20
+    assert alpha.alive() and "bombed" not in alpha.ps()

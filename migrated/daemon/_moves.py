@@ -544,6 +544,8 @@ class Moves:
 
         def take(message: pb.StageRequest) -> None:
             for chunk in message.chunks:
+                if chunk.codec not in _CODECS:
+                    raise CheckpointError(f"a chunk of {ref.app!r} came with an unknown codec ({chunk.codec})")
                 chunks[chunk.hash] = StoredChunk(Codec(chunk.codec), chunk.raw_size, chunk.data)
 
         take(first)
@@ -928,6 +930,7 @@ def _lost_marker(dropped: int, host: str) -> bytes:
 
 
 _MIGRATION_ID = re.compile(r"[0-9a-f]{32}")
+_CODECS = frozenset(int(codec) for codec in Codec)
 
 
 def _checked(ref: pb.MigrationRef) -> pb.MigrationRef:
