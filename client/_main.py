@@ -57,7 +57,23 @@ def cli(ctx: click.Context, state_dir: str | None) -> None:
     ctx.obj = Context(resolve_state_dir(state_dir))
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+class _AppArgs(click.Command):
+    """A command whose words after ``--`` go to the app untouched; before it, every word is checked as usual
+    (a mistyped option is an error that names it, not an argument of the app)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        cut = args.index("--") if "--" in args else len(args)
+        ctx.meta["app_args"] = tuple(args[cut + 1 :])
+        try:
+            return super().parse_args(ctx, args[:cut])
+        except click.UsageError as exc:
+            if not exc.message.startswith("Got unexpected extra argument"):
+                raise
+            hint = "; words for the app go after --, as in mig run app.py -- WORDS"
+            raise click.UsageError(exc.message.rstrip(".") + hint, ctx) from None
+
+
+@cli.command(cls=_AppArgs)
 @click.argument("target", metavar="FILE.py[:Class]")
 @click.option("--name", help="The app's name (default: the file name without .py).")
 @click.option("--autosave", type=float, default=0.0, metavar="SECONDS", help="Checkpoint every SECONDS.")
@@ -69,12 +85,11 @@ def cli(ctx: click.Context, state_dir: str | None) -> None:
     show_default=True,
     help="Bring the app back from its last good version when it crashes.",
 )
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@pass_ctx
-def run(
-    ctx: Context, target: str, name: str | None, autosave: float, keep: str, restart: str, args: tuple[str, ...]
-) -> None:
-    """Start an app from FILE.py (arguments after -- go to the app as self.args)."""
+@click.pass_context
+def run(click_ctx: click.Context, target: str, name: str | None, autosave: float, keep: str, restart: str) -> None:
+    """Start an app from FILE.py; words after -- go to the app as self.args (mig run sim.py -- --steps 10)."""
+    ctx = click_ctx.ensure_object(Context)
+    args: tuple[str, ...] = click_ctx.meta["app_args"]
     file, app_class = _split_target(target)
     path = Path(os.path.abspath(os.path.expanduser(file)))
     if not path.is_file():

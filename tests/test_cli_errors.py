@@ -179,6 +179,8 @@ def test_a_usage_error_exits_2(shared_daemon: Daemon) -> None:
         (("run",), ["Missing argument", "mig run --help"]),
         (("frobnicate",), ["No such command 'frobnicate'", "mig --help"]),
         (("ps", "--bogus"), ["No such option '--bogus'", "mig ps --help"]),
+        (("run", "app.py", "--autosvae", "5"), ["No such option '--autosvae'", "--autosave", "mig run --help"]),
+        (("run", "app.py", "extra"), ["unexpected extra argument (extra)", "after --", "mig run --help"]),
     ],
 )
 def test_a_usage_mistake_is_one_sentence_that_points_to_help(args: tuple[str, ...], words: list[str]) -> None:
