@@ -689,9 +689,8 @@ class _Proxy:
 
         self.real["touch"] = pathlib.Path.touch
         self._set(pathlib.Path, "touch", touch)
-        if hasattr(shutil, "_rmtree_unsafe"):
-            self.real["rmtree"] = shutil.rmtree
-            self._set(shutil, "rmtree", self._rmtree)
+        self.real["rmtree"] = shutil.rmtree
+        self._set(shutil, "rmtree", self._rmtree)
 
     def unpatch(self) -> None:
         for owner, name, original in reversed(self._saved):
@@ -957,31 +956,62 @@ class _Proxy:
         self.open(target, "ab" if exist_ok else "xb").close()
 
     def _rmtree(
-        self, path: Any, ignore_errors: bool = False, onerror: Any = None, *, dir_fd: int | None = None
+        self,
+        path: Any,
+        ignore_errors: bool = False,
+        onerror: Any = None,
+        *,
+        onexc: Any = None,
+        dir_fd: int | None = None,
     ) -> None:
-        """``shutil.rmtree``, which works with descriptors: at home, its path-based variant."""
+        """``shutil.rmtree``, which works with descriptors: at home, a path-based walk of its own. Takes the
+        3.11 ``onerror`` and the 3.12 ``onexc`` alike."""
         if dir_fd is not None or self.route(path)[0] is None:
-            self.real["rmtree"](path, ignore_errors, onerror, dir_fd=dir_fd)
+            more = {"onexc": onexc} if onexc is not None else {}
+            self.real["rmtree"](path, ignore_errors, onerror, dir_fd=dir_fd, **more)
             return
         if ignore_errors:
-            onerror = _ignore
-        elif onerror is None:
-            onerror = _reraise
-        try:
-            link = os.path.islink(path)
-        except OSError:
-            link = False
-        if link:
-            error = OSError("Cannot call rmtree on a symbolic link")
-            onerror(os.path.islink, path, (OSError, error, None))
+            failed: Any = _ignore
+        elif onexc is not None:
+            failed = onexc
+        elif onerror is not None:
+            failed = lambda function, where, exc: onerror(function, where, (type(exc), exc, exc.__traceback__))  # noqa: E731
+        else:
+            failed = _reraise
+        if os.path.islink(path):
+            failed(os.path.islink, path, OSError("Cannot call rmtree on a symbolic link"))
             return
-        shutil: Any = sys.modules["shutil"]
-        shutil._rmtree_unsafe(path, onerror)
+        _remove_tree(path, failed)
+
+
+def _remove_tree(path: Any, failed: Any) -> None:
+    """Remove ``path`` and what it holds through the (patched) ``os`` calls; ``failed(function, path, exc)``."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError as exc:
+        failed(os.scandir, path, exc)
+        entries = []
+    for entry in entries:
+        try:
+            folder = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            folder = False
+        if folder:
+            _remove_tree(entry.path, failed)
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError as exc:
+            failed(os.unlink, entry.path, exc)
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        failed(os.rmdir, path, exc)
 
 
 def _ignore(*args: object) -> None:
     pass
 
 
-def _reraise(function: object, path: object, info: tuple[type[BaseException], BaseException, object]) -> None:
-    raise info[1]  # shutil's own default: raise the error
+def _reraise(function: object, path: object, exc: BaseException) -> None:
+    raise exc  # shutil's own default: raise the error

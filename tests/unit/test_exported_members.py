@@ -10,15 +10,21 @@ import migrated
 
 
 def test_exported_members() -> None:
-    assert set(migrated.__all__) == {"App", "MigError", "__version__", "errors"}
+    assert set(migrated.__all__) == {"App", "MigError", "__version__", "errors", "net"}
     public = {
         name
         for name, value in vars(migrated).items()
-        if not name.startswith("_") and not (isinstance(value, types.ModuleType) and name != "errors")
+        if not name.startswith("_") and not (isinstance(value, types.ModuleType) and name not in ("errors", "net"))
     }
-    assert public | {"__version__"} == set(migrated.__all__)
+    assert public | {"__version__", "net"} == set(migrated.__all__)
     for name in migrated.__all__:
         assert hasattr(migrated, name)
+
+
+def test_migrated_net_comes_with_import_migrated_and_costs_nothing_until_used() -> None:
+    loaded = imports_of("import migrated")
+    assert "migrated.net" not in loaded and "migrated.runtime._net" not in loaded
+    assert "migrated.net" in imports_of("import migrated; migrated.net.listen")
 
 
 def imports_of(statement: str) -> set[str]:

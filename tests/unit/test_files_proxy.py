@@ -544,6 +544,12 @@ def test_shutil_copies_moves_and_removes_at_home(rig: Rig) -> None:
     shutil.rmtree("nothing", ignore_errors=True)
     with pytest.raises(FileNotFoundError):
         shutil.rmtree("nothing")
+    # The error callbacks of 3.11 (onerror, with exc_info) and of 3.12 (onexc, with the exception) alike.
+    seen: list[tuple[str, type[BaseException]]] = []
+    shutil.rmtree("nothing", onerror=lambda function, path, info: seen.append((path, info[0])))
+    shutil_rmtree: Any = shutil.rmtree
+    shutil_rmtree("nothing", onexc=lambda function, path, exc: seen.append((path, type(exc))))
+    assert seen == [("nothing", FileNotFoundError)] * 4  # scandir, then rmdir, each way
 
 
 def test_stat_fields_travel_in_the_same_order() -> None:
