@@ -1,3 +1,3 @@
-from client._main import main
+from client._entry import main
 
 main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -489,8 +490,13 @@ def _split_target(target: str) -> tuple[str, str]:
 
 def _print_console(daemon: Daemon, request: pb.LogsRequest) -> Iterator[pb.ConsoleBatch]:
     """Write console batches to stdout; yield each batch."""
+    stream: Any = daemon.stub.Logs(request)
+    yield from _print_stream(daemon, stream)
+
+
+def _print_stream(daemon: Daemon, stream: Any) -> Iterator[pb.ConsoleBatch]:
+    """Write the batches of a Logs stream to stdout; yield each batch; cancel the stream when done."""
     out = sys.stdout.buffer
-    stream = daemon.stub.Logs(request)
     try:
         for batch in stream:
             if batch.dropped:
@@ -498,12 +504,10 @@ def _print_console(daemon: Daemon, request: pb.LogsRequest) -> Iterator[pb.Conso
             out.write(b"".join(line.data[line.skip :] for line in batch.lines) + batch.partial)
             out.flush()
             yield batch
-    except Exception as exc:
-        if hasattr(exc, "code"):
-            raise rpc_error(exc, daemon.state_dir) from None  # type: ignore[arg-type]
-        raise
+    except grpc.RpcError as exc:
+        raise rpc_error(exc, daemon.state_dir) from None
     finally:
-        stream.cancel()  # type: ignore[no-untyped-call]
+        stream.cancel()
 
 
 def _attach(daemon: Daemon, name: str) -> None:
@@ -513,22 +517,29 @@ def _attach(daemon: Daemon, name: str) -> None:
         click.echo(f"attached to {name}; {DETACH_HELP}", err=True)
     ended = threading.Event()
     failure: list[BaseException] = []
+    stream: Any = daemon.stub.Logs(pb.LogsRequest(name=name, follow=True))
 
     def follow() -> None:
         try:
-            for _ in _print_console(daemon, pb.LogsRequest(name=name, follow=True)):
+            for _ in _print_stream(daemon, stream):
                 pass
         except BaseException as exc:
             failure.append(exc)
         finally:
             ended.set()
 
-    threading.Thread(target=follow, daemon=True, name="attach-output").start()
-    detached = _forward_input(daemon, name, ended)
+    output = threading.Thread(target=follow, daemon=True, name="attach-output")
+    output.start()
+    try:
+        detached = _forward_input(daemon, name, ended)
+    finally:
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C while this tidies up ends it
     if detached:
         ended.wait(0.3)  # let output that answers the last line arrive
         click.echo(f"\ndetached from {name}; it keeps running (mig attach {name} to come back)", err=True)
-    elif failure and isinstance(failure[0], MigError):
+    stream.cancel()
+    output.join(2.0)
+    if not detached and failure and isinstance(failure[0], MigError):
         raise failure[0]
 
 
@@ -575,5 +586,6 @@ def _run(command: Callable[[], Any]) -> int:
 
 
 def main() -> None:
-    """Entry point of the ``mig`` console script."""
+    """Run the command line (``client._entry`` is the console script: it imports this module)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, a Ctrl-C is the command's to handle
     sys.exit(_run(lambda: cli(standalone_mode=False)))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import random
 import signal
+import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import ECHO_APP, AppDir, Attached, Daemon, Daemons, wait_until
+from tests.conftest import ECHO_APP, MIG, AppDir, Attached, Daemon, Daemons, wait_until
 
 COUNT_APP = """
     import migrated
@@ -208,3 +212,22 @@ def test_attach_to_an_unknown_app_fails(shared_daemon: Daemon) -> None:
     _, _, err = shared_daemon.mig("attach", "nobody", input="", check=3)
     assert err.startswith("mig: ")
     assert "nobody" in err
+
+
+def test_ctrl_c_at_any_moment_gives_the_terminal_back(shared_daemon: Daemon, app_dir: AppDir) -> None:
+    """SIGINT at random moments of mig attach, from its start on: every one ends it, quietly."""
+    shared_daemon.mig("run", str(app_dir.write("att4.py", ECHO_APP)))
+    rng = random.Random(4)
+    env = {**os.environ, "MIG_DIR": str(shared_daemon.dir), "MIG_NO_AUTOSTART": "1"}
+    for _ in range(20):
+        proc = subprocess.Popen(
+            [MIG, "attach", "att4"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)  # a hang fails here
+        if proc.returncode == 1:  # only Python's own start-up (site) may be cut with a traceback
+            assert b"KeyboardInterrupt" in err and b"/client/" not in err and b"grpc" not in err, err
+        else:
+            assert proc.returncode in (0, 130, -signal.SIGINT) and b"Traceback" not in err, (proc.returncode, err)
+    assert shared_daemon.app("att4")["state"] == "running"
