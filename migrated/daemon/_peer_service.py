@@ -14,9 +14,9 @@ import grpc.aio
 import migrated
 from migrated.discovery._paired import PairedPeer
 from migrated.errors import NotPairedError, PairingError
-from migrated.transport._auth import caller_cert_hash
+from migrated.transport._auth import caller_cert_hash, caller_host
 from migrated.transport._identity import cert_hash, public_key_of
-from migrated.transport._pairing import PairingServer, Party
+from migrated.transport._pairing import AttemptLimit, PairingServer, Party
 from migrated.transport.v1 import peer_pb2 as pb
 from migrated.transport.v1 import peer_pb2_grpc
 
@@ -62,24 +62,21 @@ class PairingService(peer_pb2_grpc.PairingServicer):
     def __init__(self, peers: Peers) -> None:
         self.peers = peers
         self._sessions: dict[str, _Session] = {}
+        self._attempts = AttemptLimit()
 
     async def PairBegin(self, request: pb.PairBeginRequest, context: Context) -> pb.PairBeginReply:
+        now, host = time.monotonic(), caller_host(context)
+        self._attempts.take(now, host)
         client = hello_party(request.client)
         if caller_cert_hash(context) != client.client_cert_hash:
             raise PairingError("the pairing request's client certificate is not the one used for this connection")
-        now = time.monotonic()
-        code = self.peers.codes.take_try(now, self.peers.name)
-        server = PairingServer(code, self.peers.party)
+        server = PairingServer(self.peers.codes.current(now, self.peers.name), self.peers.party)
         confirm = server.answer(request.spake_message, client)
-        self._expire(now)
-        while len(self._sessions) >= MAX_SESSIONS:
-            self._sessions.pop(next(iter(self._sessions)))
-        session = secrets.token_hex(16)
-        self._sessions[session] = _Session(
-            server, request.client, client.client_cert_hash, _caller_host(context), now + SESSION_TTL
-        )
+        # Only now is it a well-formed attempt: a wrong code spends a try (the online-guessing limit), garbage does not.
+        self.peers.codes.take_try(now, self.peers.name)
+        begun = _Session(server, request.client, client.client_cert_hash, host, now + SESSION_TTL)
         return pb.PairBeginReply(
-            session=session, server=self.peers.hello(), spake_message=server.message, confirm=confirm
+            session=self._open(begun, now), server=self.peers.hello(), spake_message=server.message, confirm=confirm
         )
 
     async def PairFinish(self, request: pb.PairFinishRequest, context: Context) -> pb.PairFinishReply:
@@ -104,6 +101,15 @@ class PairingService(peer_pb2_grpc.PairingServicer):
         self.peers.codes.burn()
         self.peers.changed()
         return pb.PairFinishReply()
+
+    def _open(self, session: _Session, now: float) -> str:
+        """Keep a begun pairing for its PairFinish (the newest few); return its key."""
+        self._expire(now)
+        while len(self._sessions) >= MAX_SESSIONS:
+            self._sessions.pop(next(iter(self._sessions)))
+        key = secrets.token_hex(16)
+        self._sessions[key] = session
+        return key
 
     def _expire(self, now: float) -> None:
         for key in [key for key, session in self._sessions.items() if session.expires <= now]:
@@ -169,11 +175,3 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         if caller is None:  # PairedOnly let it in, and it was unpaired since
             raise NotPairedError(f"{self.peers.name} no longer pairs with this host")
         return caller
-
-
-def _caller_host(context: Context) -> str:
-    """The caller's IP address from ``ipv4:10.0.0.2:5555`` or ``ipv6:[::1]:5555``."""
-    peer = context.peer()
-    kind, _, rest = peer.partition(":")
-    host = rest.rpartition(":")[0]
-    return host.strip("[]") if kind in ("ipv4", "ipv6") else ""

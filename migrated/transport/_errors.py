@@ -89,19 +89,30 @@ def _wrap_unary(inner: Callable[..., Any]) -> Callable[..., Any]:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            failure = exc
+        await _abort(context, _bare(failure))  # outside the handler: see _bare
 
     return call
 
 
 def _wrap_stream(inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        failure: Exception | None = None
         try:
             async for item in inner(request, context):
                 yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            failure = exc
+        if failure is not None:
+            await _abort(context, _bare(failure))
 
     return call
+
+
+def _bare(exc: Exception) -> Exception:
+    """``exc`` without the handler's frames, unless it is a bug that must be logged whole. Aborting while the
+    error is handled, with its traceback, forms a cycle (abort, error, frames, call) that holds the request
+    until a full garbage collection."""
+    return exc.with_traceback(None) if isinstance(exc, MigError) else exc

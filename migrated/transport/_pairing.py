@@ -4,22 +4,27 @@ Host S shows a code; host C types it. C sends its SPAKE2 message; S answers with
 HMAC under the shared key over both hosts' certificate hashes; C checks it, and answers with its confirmation.
 A wrong code yields a different key, so each attempt tests exactly one guess online, and nothing seen on the
 wire lets an eavesdropper test guesses offline. Because the confirmations cover the certificate hashes each side
-saw, a host in the middle that presents its own certificate is detected. S allows a few attempts per code.
+saw, a host in the middle that presents its own certificate is detected. S allows a few attempts per code, and
+counts only well-formed ones; it also takes only a few attempts per caller address at a time (``AttemptLimit``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass
 
 from migrated.errors import PairingError
 
-__all__ = ["CodeBook", "PairingClient", "PairingServer", "Party", "new_code", "normalize_code"]
+__all__ = ["AttemptLimit", "CodeBook", "PairingClient", "PairingServer", "Party", "new_code", "normalize_code"]
 
 CODE_DIGITS = 8
 TRIES = 5
+ATTEMPT_BURST = 3  # attempts an address may make at once,
+ATTEMPT_INTERVAL = 2.0  # then one more every this many seconds: 5 tries take at least 4 s
+MAX_ADDRESSES = 1024
 _ID_CLIENT = b"migrated pairing client"
 _ID_SERVER = b"migrated pairing server"
 
@@ -128,8 +133,21 @@ class CodeBook:
         self._active = _Code(new_code(), now + ttl, TRIES)
         return self._active.code, self._active.expires
 
+    def current(self, now: float, host: str) -> str:
+        """The active code, without spending a try, or say why there is none."""
+        return self._usable(now, host).code
+
     def take_try(self, now: float, host: str) -> str:
         """Spend one try of the active code and return it, or say why there is none."""
+        active = self._usable(now, host)
+        active.tries_left -= 1
+        return active.code
+
+    def burn(self) -> None:
+        """The code paired a host: it cannot be used again."""
+        self._active = None
+
+    def _usable(self, now: float, host: str) -> _Code:
         active = self._active
         if active is None:
             raise PairingError(f"{host} shows no pairing code; run `mig pair` on {host} and use the code it shows")
@@ -140,13 +158,48 @@ class CodeBook:
             raise PairingError(
                 f"the pairing code of {host} was tried too often and is void; run `mig pair` on {host} for a new one"
             )
-        active.tries_left -= 1
-        return active.code
-
-    def burn(self) -> None:
-        """The code paired a host: it cannot be used again."""
-        self._active = None
+        return active
 
     def active(self, now: float) -> bool:
         """Whether a code is shown and still usable."""
         return self._active is not None and now < self._active.expires and self._active.tries_left > 0
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class AttemptLimit:
+    """Pairing attempts per caller address: ``burst`` at once, then one every ``interval`` seconds (a token bucket).
+
+    It remembers at most ``max_addresses`` addresses, forgetting the one heard from longest ago; a forgotten one
+    starts again with a full bucket, which is what an address it never heard from gets anyway.
+    """
+
+    def __init__(
+        self, burst: int = ATTEMPT_BURST, interval: float = ATTEMPT_INTERVAL, max_addresses: int = MAX_ADDRESSES
+    ) -> None:
+        self.burst = burst
+        self.interval = interval
+        self.max_addresses = max_addresses
+        self._buckets: dict[str, _Bucket] = {}  # least recently heard from first
+
+    def take(self, now: float, address: str) -> None:
+        """Count one attempt from ``address``, or refuse it with how long to wait."""
+        bucket = self._buckets.pop(address, None) or _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) / self.interval)
+        bucket.at = now
+        self._buckets[address] = bucket
+        while len(self._buckets) > self.max_addresses:
+            del self._buckets[next(iter(self._buckets))]
+        if bucket.tokens < 1:
+            wait = math.ceil((1 - bucket.tokens) * self.interval)
+            raise PairingError(
+                f"too many pairing attempts came from {address or 'this host'}; wait {wait} s and try again"
+            )
+        bucket.tokens -= 1
+
+    def __len__(self) -> int:
+        return len(self._buckets)
