@@ -323,6 +323,7 @@ class _Stream(asyncio.Protocol):
         self._early.clear()
         if self._closing:
             transport.close()
+        self._drained()  # what waited here is the transport's now: it may all be gone, with no resume_writing
 
     def data_received(self, data: bytes) -> None:
         if not self._closing:

@@ -406,3 +406,45 @@ def test_output_before_the_transport_is_ready_is_kept_in_order() -> None:
         await home.close_all()
 
     asyncio.run(main())
+
+
+class _Sink(asyncio.Transport):
+    """A transport that sends whatever it is given at once (a peer that reads as fast as the app writes)."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def test_output_sent_before_the_connection_is_up_stops_being_held_once_it_goes_out() -> None:
+    """Output sent in the moment between an accept and its connection waits in the stream; when the connection
+    comes up and takes it all at once (no pause, so no resume), whoever waits on it must still hear."""
+
+    async def test(net: NetHome, events: Queue) -> None:
+        stream = net._add_stream("127.0.0.1:1")
+        stream.write(b"x" * (8 << 20))
+        assert net.buffered() == 8 << 20
+        waiting = asyncio.ensure_future(net.wait_buffered(1 << 20))
+        await asyncio.sleep(0)
+        stream.connection_made(_Sink())
+        await asyncio.wait_for(waiting, WAIT)
+        assert net.buffered() == 0
+
+    run(test)
