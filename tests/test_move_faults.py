@@ -434,6 +434,72 @@ def test_source_killed_after_hand_off_the_app_runs_at_the_destination(
     assert set(history) <= set(versions(h0, "ticker"))
 
 
+@pytest.mark.parametrize(("point", "lands"), [("source-frozen", "h0"), ("source-handed-off", "h1")])
+def test_a_runner_killed_during_a_move_is_not_brought_back_beside_it(
+    netbeds: Callable[[int], NetBed], app_file: Path, background: Callable[..., Background], point: str, lands: str
+) -> None:
+    """Found by the soak: crash recovery brought an app back at the source while its move went on."""
+    h0, h1 = two_hosts(netbeds, app_file, {"h0": point})
+    move = background(h0, "move", "ticker", "h1")
+    h0.paused(point)
+    last = still(h0, "ticker")
+    for pid in runner_pids(h0.pid):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(3)  # crash recovery would start a runner within 0.5 s: none may come while the move decides
+    assert runner_pids(h0.pid) == set() and copies([h0, h1], "ticker") == []
+    assert ps(h0)["ticker"]["state"] == "moving"
+    h0.kill9()
+    assert move.wait(30) != 0
+    h0.revive()  # the journal decides: before HANDED_OFF the app goes on here, after it there
+    runs_on([h0, h1], "ticker", lands)
+    seen = ticking(h0 if lands == "h0" else h1, "ticker", past=last)
+    contiguous([tick for tick in seen if tick > last], last + 1)
+
+
+def test_a_runner_killed_during_a_move_that_fails_is_brought_back_once(
+    netbeds: Callable[[int], NetBed], app_file: Path, background: Callable[..., Background]
+) -> None:
+    h0, h1 = two_hosts(netbeds, app_file, {"h1": "destination-staging"})
+    h0.mig("checkpoint", "ticker")
+    move = background(h0, "move", "ticker", "h1")
+    h1.paused("destination-staging")
+    for pid in runner_pids(h0.pid):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1.5)
+    assert runner_pids(h0.pid) == set()  # held back while the move runs
+    h1.kill9()
+    failed_move(move)
+    runs_on([h0, h1], "ticker", "h0")  # the move failed: crash recovery brings it back here, once
+    assert "ticker is back from version" in h0.mig("logs", "ticker").stdout
+    ticking(h0, "ticker", past=ticks(h0, "ticker")[-1])
+    h1.revive()
+    assert copies([h0, h1], "ticker") == ["h0"] and len(runner_pids(h0.pid)) == 1
+
+
+def test_a_visitor_opened_again_on_its_host_sends_its_lines_home(
+    netbeds: Callable[[int], NetBed], app_file: Path, background: Callable[..., Background]
+) -> None:
+    """Found by the soak: a visitor whose move on failed, brought back by mig open after a restart of the host it
+    visits, ran there, but none of its lines reached its home."""
+    h0, h1, h2 = start_bed(netbeds(3), {"h2": "destination-staging"})
+    for shows, types in ((h0, h1), (h0, h2), (h1, h2)):
+        pair(shows, types)
+    h1.mig("run", str(app_file), "--name", "ticker", timeout=60)  # its home is h1
+    ticking(h1, "ticker")
+    h1.mig("move", "ticker", "h0", timeout=60)
+    runs_on([h0, h1, h2], "ticker", "h0")
+    move = background(h0, "move", "ticker", "h2")
+    h2.paused("destination-staging")
+    h2.kill9()
+    failed_move(move)  # the visitor stays on h0
+    h0.kill9()
+    h0.revive()  # the move away from here is on record: the arrival is not run again; listed closed
+    wait_until(lambda: ps(h0)["ticker"]["state"] == "closed", 15, what="h0 to list the visitor closed")
+    h0.mig("open", "ticker")
+    runs_on([h0, h1], "ticker", "h0")
+    ticking(h1, "ticker", past=ticks(h1, "ticker")[-1])  # its lines reach home again
+
+
 def test_a_source_restarted_after_hand_off_never_runs_the_app_itself(
     netbeds: Callable[[int], NetBed], app_file: Path, background: Callable[..., Background]
 ) -> None:

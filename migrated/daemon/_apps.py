@@ -332,6 +332,10 @@ class AppTable:
             record.autosave_task = None
         if self.io is not None:
             await self.io.ended(record)
+        if record.moving and record.state is State.CRASHED:  # the move decides: gone there, or brought back here
+            await record.console.note(f"{record.name} crashed while it moved: {record.reason}")
+            log.info("%s crashed while it moved: %s", record.name, record.reason)
+            return
         recover = record.state is State.CRASHED and record.spec.restart == "on-crash" and not record.stop_reason
         recover = recover and self._apps.get(record.name) is record
         why_not = self._why_not_recover(record) if recover else ""
@@ -353,6 +357,16 @@ class AppTable:
         if len(record.crash_times) > MAX_CRASHES:
             return f"it crashed {len(record.crash_times)} times within {CRASH_WINDOW:.0f} s"
         return ""
+
+    async def bring_back(self, record: AppRecord) -> None:
+        """Recover an app that crashed while it moved, now that the move was undone (its crash was held back)."""
+        if record.running or self._apps.get(record.name) is not record:
+            return
+        why_not = "--restart never" if record.spec.restart != "on-crash" else self._why_not_recover(record)
+        if why_not:
+            await self._give_up(record, why_not)
+            return
+        self._tasks.create_task(self._recover(record), name=f"recover {record.name}")
 
     async def _recover(self, record: AppRecord) -> None:
         """Bring a crashed app back from its last good version, after a backoff that grows with its crashes."""

@@ -438,6 +438,7 @@ class HomeIO:
         self._homes: dict[str, AppHome] = {}
         self._links: dict[str, Link] = {}
         self.on_stale: Callable[[AppRecord, str], Awaitable[None]] | None = None
+        self.on_visitor: Callable[[AppRecord], None] | None = None
         self.fence: Callable[[str, int, PairedPeer], AppRecord] | None = None
 
     def home(self, record: AppRecord) -> AppHome:
@@ -510,6 +511,8 @@ class HomeIO:
             target = (record.home_device, record.home)
             link = self._links[record.name] = Link(self, record.name, record.epoch, target, push, refused)
             link.task = self._tasks.create_task(link.run(), name=f"home link {record.name}")
+            if self.on_visitor is not None:  # its console goes home too, however it came to run here
+                self.on_visitor(record)
             return link.receive
         home = self.home(record)
         home.close_files()

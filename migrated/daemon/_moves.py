@@ -151,6 +151,7 @@ class Moves:
         self.peers = peers
         self.home_io = home_io
         home_io.on_stale = self._stop_stale
+        home_io.on_visitor = self._start_forwarder
         home_io.fence = self.fence
         self.store = apps.store
         self.host = host
@@ -420,6 +421,8 @@ class Moves:
         if frozen and record.runner is not None and record.state is State.RUNNING:
             with contextlib.suppress(MigError):
                 await record.runner.resume()
+        elif record.state is State.CRASHED:  # its runner died during the move, which held its recovery back
+            await self.apps.bring_back(record)
 
     async def _send_abort(self, source: Source, peer: PairedPeer) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, MigError):
@@ -700,8 +703,6 @@ class Moves:
             files_home=files_home,
             console=self._arrivals.pop(entry["id"], None),
         )
-        if not home_here:
-            self._start_forwarder(record)
         for line in self._arrived_input.pop(entry["id"], []):
             self.home_io.input(record, line)
         return record
