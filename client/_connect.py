@@ -15,13 +15,13 @@ from typing import TypeVar
 import grpc
 
 from migrated._paths import check_owned, socket_path, socket_path_fits, socket_path_too_long, unusable_state_dir
-from migrated.errors import DaemonError, DaemonNotRunningError, MigError, StateDirError, error_class
+from migrated.errors import DaemonError, DaemonNotRunningError, MigError, StateDirError
+from migrated.transport._errors import error_of
 from migrated.transport.v1 import control_pb2 as pb
 from migrated.transport.v1 import control_pb2_grpc
 
 __all__ = ["Daemon", "connect", "rpc_error"]
 
-ERROR_KEY = "mig-error"
 START_TIMEOUT = 20.0
 T = TypeVar("T")
 
@@ -43,19 +43,8 @@ class Daemon:
 
 
 def rpc_error(exc: grpc.RpcError, state_dir: Path) -> MigError:
-    """The ``MigError`` a failed call stands for."""
-    call = exc if isinstance(exc, grpc.Call) else None
-    details = (call.details() if call is not None else None) or str(exc)
-    metadata: tuple[tuple[str, str | bytes], ...] = tuple(call.trailing_metadata() or ()) if call is not None else ()
-    for key, value in metadata:
-        if key == ERROR_KEY:
-            return error_class(str(value))(details)
-    code = call.code() if call is not None else None
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return DaemonError(f"the daemon for {state_dir} stopped answering ({details}); check mig status")
-    if code is grpc.StatusCode.CANCELLED:
-        return DaemonError("the request was cancelled")
-    return MigError(details)
+    """The ``MigError`` a failed call to the daemon of ``state_dir`` stands for."""
+    return error_of(exc, str(state_dir), local=True)
 
 
 def connect(state_dir: Path, autostart: bool = True) -> Daemon:

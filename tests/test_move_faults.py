@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests import helpers
 from tests.conftest import runner_pids, wait_until
 from tests.netbed import MIG, START_TIMEOUT, BedDaemon, Host, NetBed, _daemon_env, require_netbed
 
@@ -177,7 +178,7 @@ def versions(daemon: BedDaemon, name: str) -> list[int]:
 
 
 def journal(daemon: BedDaemon, role: str) -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in sorted((daemon.dir / "migrations").glob(f"{role}-*.json"))]
+    return helpers.journal(daemon.dir, role)
 
 
 def journal_state(daemon: BedDaemon, role: str) -> str | None:
@@ -498,6 +499,25 @@ def test_a_visitor_opened_again_on_its_host_sends_its_lines_home(
     h0.mig("open", "ticker")
     runs_on([h0, h1], "ticker", "h0")
     ticking(h1, "ticker", past=ticks(h1, "ticker")[-1])  # its lines reach home again
+
+
+def test_a_home_killed_after_it_kept_lines_it_had_not_acknowledged_applies_none_twice(
+    netbeds: Callable[[int], NetBed], app_file: Path
+) -> None:
+    """Found by the soak: a home killed between keeping a batch of an away app's lines and saying so got the
+    batch again from the app's host, and kept it twice."""
+    h0, h1 = start_bed(netbeds(2), {"h0": "home-console-applied"})
+    pair(h0, h1)
+    h0.mig("run", str(app_file), "--name", "ticker", timeout=60)
+    ticking(h0, "ticker")
+    h0.mig("move", "ticker", "h1", timeout=60)
+    h0.paused("home-console-applied")  # a batch of lines from h1 is kept; its acknowledgement is not sent
+    h0.kill9()
+    h0.revive()
+    seen = ticking(h0, "ticker", past=ticks(h0, "ticker")[-1], timeout=30)
+    contiguous(seen)  # every tick at home once, in order, across the restart
+    notes = re.findall(r"^\[migrated\] .*$", h0.mig("logs", "ticker").stdout, re.MULTILINE)
+    assert len(notes) == len(set(notes)), notes  # nor any other line: the paused batch held h1's first notes
 
 
 def test_a_source_restarted_after_hand_off_never_runs_the_app_itself(

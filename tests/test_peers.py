@@ -22,6 +22,7 @@ from migrated.transport._identity import TLS_NAME, Identity, load_identity
 from migrated.transport._open_ca import OPEN_CA_CERT, OPEN_CA_KEY
 from migrated.transport.v1 import peer_pb2, peer_pb2_grpc
 from tests.conftest import MIGRATED, Daemon, Daemons, wait_until
+from tests.helpers import journal, json_state_files, paired_rows
 from tests.test_cli_errors import one_sentence
 
 
@@ -123,8 +124,10 @@ def test_pairing_and_identity_survive_a_restart(daemons: Daemons) -> None:
     alpha = daemons.start("--name", "alpha", state_dir=alpha.dir)
     assert device_id(alpha) == alpha_id
     assert peers(alpha)["beta"]["paired"]
-    for private in (alpha.dir / "identity" / "key.pem", alpha.dir / "peers.json"):
-        assert private.stat().st_mode & 0o777 == 0o600, private
+    assert (alpha.dir / "identity" / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert (alpha.dir / "checkpoints.sqlite").stat().st_mode & 0o022 == 0  # the paired table: ours alone to write
+    assert (alpha.dir).stat().st_mode & 0o777 == 0o700
+    assert json_state_files(alpha.dir) == []
 
 
 # -- the peer port under attack: raw clients with identities of their own
@@ -166,7 +169,7 @@ def call_every_peer_rpc(ch: grpc.Channel) -> dict[str, grpc.RpcError]:
 def test_an_unpaired_peer_is_denied_every_peer_rpc(two: tuple[Daemon, Daemon], tmp_path: Path) -> None:
     alpha, beta = two
     pair(alpha, beta)
-    before = (alpha.dir / "peers.json").read_bytes()
+    before = paired_rows(alpha.dir)
     mallory = stranger(tmp_path)
     with channel(alpha, mallory.key_pem, mallory.client_cert_pem) as ch:
         errors = call_every_peer_rpc(ch)
@@ -175,7 +178,7 @@ def test_an_unpaired_peer_is_denied_every_peer_rpc(two: tuple[Daemon, Daemon], t
     for exc in errors.values():
         assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "mig pair" in (exc.details() or "")
-    assert (alpha.dir / "peers.json").read_bytes() == before
+    assert paired_rows(alpha.dir) == before
     assert "mallory" not in peers(alpha)
 
 
@@ -208,7 +211,7 @@ def test_the_pin_is_the_exact_client_certificate(two: tuple[Daemon, Daemon], tmp
     assert "Ping" not in errors
     allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
     assert {exc.code() for exc in errors.values()} <= allowed, errors
-    assert not list((alpha.dir / "migrations").glob("*.json"))  # nothing recorded from garbage
+    assert journal(alpha.dir, "destination") == []  # nothing recorded from garbage
 
 
 def issue(public_key: Any, signer: ec.EllipticCurvePrivateKey, issuer: x509.Name) -> x509.Certificate:
@@ -248,7 +251,7 @@ def test_a_forged_pairing_request_stores_nothing(two: tuple[Daemon, Daemon], tmp
             stub.PairFinish(peer_pb2.PairFinishRequest(session="nope", confirm=b"x" * 32), timeout=10)
         assert unknown.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert peers(alpha) == {}
-    assert not (alpha.dir / "peers.json").exists()
+    assert paired_rows(alpha.dir) == []
 
 
 def test_garbage_oversized_and_stalled_connections_leave_the_peer_port_serving(

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from migrated.checkpoint._serialise import capture, deserialise, restore, serialise
     from migrated.checkpoint._snapshot import OutOfBand, Segment, Snapshot
     from migrated.checkpoint._store import Damaged, Loaded, Store, VerifyReport
+    from migrated.checkpoint._writer import immediate
     from migrated.checkpoint._writes import GcReport
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "code_bundle",
     "code_files",
     "deserialise",
+    "immediate",
     "make_draft",
     "package_mismatches",
     "package_versions",
@@ -121,6 +123,7 @@ _HOME = {
     "Store": "_store",
     "VerifyReport": "_store",
     "GcReport": "_writes",
+    "immediate": "_writer",
 }
 
 

@@ -21,7 +21,7 @@ from migrated.errors import StateDirError
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-__all__ = ["BUSY_TIMEOUT_MS", "PAGE_SIZE", "connect", "migrate"]
+__all__ = ["BUSY_TIMEOUT_MS", "PAGE_SIZE", "apply_migrations", "connect", "migrate", "migration"]
 
 PAGE_SIZE = 65536
 BUSY_TIMEOUT_MS = 10_000
@@ -121,21 +121,25 @@ def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Set up a new store (page size, incremental vacuum, WAL) and apply pending migrations, each in one
     transaction (sqlite-utils ``Migrations``, imported here only: it costs ~0.2 s, and readers never need it)."""
-    from sqlite_utils import Database
-    from sqlite_utils.migrations import Migrations
-
     if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
+    apply_migrations(conn, path, MIGRATION_SET, MIGRATIONS)
+
+
+def apply_migrations(conn: sqlite3.Connection, path: Path, name: str, steps: list[Callable[[Database], None]]) -> None:
+    """Apply the pending ``steps`` of the migration set ``name`` to the database, each in one transaction; refuse
+    a database that a newer migrated has migrated further."""
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
     db = Database(conn, execute_plugins=False, recursive_triggers=False)
-    migrations = Migrations(MIGRATION_SET)
-    for step in MIGRATIONS:
+    migrations = Migrations(name)
+    for step in steps:
         migrations()(step)
-    known = {step.__name__ for step in MIGRATIONS}
+    known = {step.__name__ for step in steps}
     newer = [applied.name for applied in migrations.applied(db) if applied.name not in known]
     if newer:
-        raise StateDirError(
-            f"the checkpoint store {path} was written by a newer migrated (schema {newer[-1]}); upgrade migrated"
-        )
+        raise StateDirError(f"the store {path} was written by a newer migrated (schema {newer[-1]}); upgrade migrated")
     migrations.apply(db)

@@ -343,6 +343,17 @@ class Store:
         """Delete every chunk that no version references."""
         return self._write(_writes.gc, "nothing collected")
 
+    def write(self, task: Callable[[sqlite3.Connection], T], what: str = "not saved") -> T:
+        """Run ``task`` on the writer thread, after the writes queued before it; ``task`` opens its own
+        transaction (``immediate``). What the daemon keeps besides checkpoints goes through here too, so one
+        writer holds the database and a change to a checkpoint and a daemon table can be one transaction."""
+        return self._write(task, what)
+
+    def read(self, task: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``task`` on this thread's read connection, in one read transaction (a consistent snapshot)."""
+        with self._read() as conn:
+            return task(conn)
+
     def _latest_number(self, app: str) -> int:
         with self._read() as conn:
             return _rows.find_version(conn, app, None).info.version

@@ -1,258 +1,29 @@
 """An app's console: sequence-numbered lines, kept within bounds, that followers read from any point.
 
 ``ConsoleLog`` is the index (which line numbers live in which block of bytes, and what the bounds drop); the
-bytes themselves live in a ``ConsoleStore``: segment files on disk for the daemon, memory in unit tests. So
-a console costs the daemon a few bytes of RAM per block, whatever it holds. On disk each segment has an index
-beside it (one small record per append), from which a restarted daemon rebuilds the log as it was.
+bytes themselves live in a ``ConsoleStore`` (``_console_store``): segment files on disk for the daemon, memory
+in unit tests. So a console costs the daemon a few bytes of RAM per block, whatever it holds. The console of an
+app that runs elsewhere also keeps, with its lines, how far it has the remote console (``cursor``), so that a
+home restarted in the middle of a batch applies no line twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
-import os
 import shutil
-import struct
-import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+
+from migrated.daemon._console_store import NO_CURSOR, ConsoleStore, Cursor, FileStore, MemoryStore, Stored
 
 __all__ = ["Console", "ConsoleLog", "ConsoleRead", "FileStore", "MemoryStore", "Stored", "split_lines"]
 
 log = logging.getLogger("migrated.daemon")
 
-SEGMENT_BYTES = 8 * 1024 * 1024
 MAX_RECORD = 1024 * 1024  # a longer line is kept as several records, so a batch stays bounded
 _COALESCE_BELOW = 64 * 1024
-_INDEX = struct.Struct("<QIIB")  # per append: first line number, lines, length, ends with a newline
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """One append as a store's index keeps it."""
-
-    seq: int
-    lines: int
-    segment: int
-    offset: int
-    length: int
-    whole: bool
-
-
-class ConsoleStore(Protocol):
-    """Where console bytes live: numbered append-only segments."""
-
-    def append(self, data: bytes, seq: int, lines: int) -> tuple[int, int]:
-        """Write ``data`` (lines ``seq`` on, ``lines`` of them); return (segment, offset). A new segment starts
-        past ``SEGMENT_BYTES``."""
-        ...
-
-    def stored(self) -> list[Stored]:
-        """The appends an earlier run left, oldest first (none for a fresh store)."""
-        ...
-
-    def read(self, segment: int, offset: int, length: int) -> bytes:
-        """Read back bytes written earlier."""
-        ...
-
-    def drop_before(self, segment: int) -> None:
-        """Forget every segment older than ``segment``."""
-        ...
-
-    def close(self) -> None:
-        """Release what the store holds open."""
-        ...
-
-
-class MemoryStore:
-    """Segments in memory (unit tests)."""
-
-    def __init__(self, segment_bytes: int = SEGMENT_BYTES) -> None:
-        self.segment_bytes = segment_bytes
-        self.segments: dict[int, bytearray] = {0: bytearray()}
-        self._current = 0
-
-    def append(self, data: bytes, seq: int, lines: int) -> tuple[int, int]:
-        if len(self.segments[self._current]) >= self.segment_bytes:
-            self._current += 1
-            self.segments[self._current] = bytearray()
-        segment = self.segments[self._current]
-        offset = len(segment)
-        segment += data
-        return self._current, offset
-
-    def read(self, segment: int, offset: int, length: int) -> bytes:
-        return bytes(self.segments[segment][offset : offset + length])
-
-    def stored(self) -> list[Stored]:
-        return []
-
-    def drop_before(self, segment: int) -> None:
-        for number in [n for n in self.segments if n < segment]:
-            del self.segments[number]
-
-    def close(self) -> None:
-        self.segments.clear()
-
-
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """An append the disk did not take yet: where it belongs and what its index record says."""
-
-    segment: int
-    offset: int
-    data: bytes
-    seq: int
-    lines: int
-
-
-class FileStore:
-    """Segment files ``00000000.log``, ``00000001.log``, ... in a directory of their own, each with its index
-    (``.idx``). With ``keep`` what an earlier run wrote there is taken up (a torn last append is cut off);
-    without, the directory starts empty.
-
-    When the disk refuses a write (full, read-only), appends wait in memory in order, readable as usual, and
-    go to disk as soon as it takes them again: a full disk costs no console line while the daemon runs.
-    """
-
-    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES, keep: bool = False) -> None:
-        self.directory = directory
-        self.segment_bytes = segment_bytes
-        self._fds: dict[int, int] = {}
-        self._indexes: dict[int, int] = {}
-        self._stored: list[Stored] = []
-        self._current = 0
-        self._size = 0  # bytes of the current segment, written or pending
-        self._pending: deque[_Pending] = deque()
-        self._retry_at = 0.0
-        self.failure: OSError | None = None  # why appends wait in memory, while they do
-        if keep and directory.is_dir():
-            self._take_up()
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True, mode=0o700)
-        if not self._fds:
-            self._open(0)
-
-    def _path(self, segment: int, suffix: str) -> Path:
-        return self.directory / f"{segment:08d}.{suffix}"
-
-    def _open(self, segment: int) -> None:
-        log = os.open(self._path(segment, "log"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            index = os.open(self._path(segment, "idx"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError:
-            os.close(log)
-            raise
-        self._fds[segment], self._indexes[segment] = log, index
-
-    def _take_up(self) -> None:
-        """Rebuild the appends from the indexes; cut what follows the last whole one (a crash mid-append)."""
-        torn = False
-        for segment in sorted(int(path.stem) for path in self.directory.glob("*.idx") if path.stem.isdigit()):
-            if torn:  # nothing after a torn append can follow on
-                self._path(segment, "log").unlink(missing_ok=True)
-                self._path(segment, "idx").unlink(missing_ok=True)
-                continue
-            data = self._path(segment, "log")
-            size = data.stat().st_size if data.exists() else 0
-            index = self._path(segment, "idx").read_bytes()
-            offset = kept = 0
-            for seq, lines, length, whole in _INDEX.iter_unpack(index[: len(index) - len(index) % _INDEX.size]):
-                last = self._stored[-1] if self._stored else None
-                if offset + length > size or (last is not None and seq != last.seq + last.lines):
-                    break
-                self._stored.append(Stored(seq, lines, segment, offset, length, bool(whole)))
-                offset += length
-                kept += 1
-            self._open(segment)
-            os.ftruncate(self._fds[segment], offset)
-            os.ftruncate(self._indexes[segment], kept * _INDEX.size)
-            self._current, self._size = segment, offset
-            torn = offset < size or kept * _INDEX.size < len(index)
-
-    def stored(self) -> list[Stored]:
-        stored, self._stored = self._stored, []
-        return stored
-
-    def append(self, data: bytes, seq: int, lines: int) -> tuple[int, int]:
-        if self._size >= self.segment_bytes:
-            self._current += 1
-            self._size = 0
-        place = _Pending(self._current, self._size, data, seq, lines)
-        self._size += len(data)
-        self._pending.append(place)
-        self._write_pending(force=len(self._pending) == 1)
-        return place.segment, place.offset
-
-    def _write_pending(self, force: bool = False) -> None:
-        """Write waiting appends in order until one fails (then try again a second later, or when forced)."""
-        now = time.monotonic()
-        if not force and now < self._retry_at:
-            return
-        while self._pending:
-            try:
-                self._write(self._pending[0])
-            except OSError as exc:
-                self.failure, self._retry_at = exc, now + 1.0
-                return
-            self._pending.popleft()
-        self.failure = None
-
-    def _write(self, place: _Pending) -> None:
-        """One append and its index record, or (on failure) neither: a restart sees whole appends only."""
-        if place.segment not in self._fds:
-            self._open(place.segment)
-        fd, index = self._fds[place.segment], self._indexes[place.segment]
-        try:
-            _write_all(fd, place.data)
-            _write_all(index, _INDEX.pack(place.seq, place.lines, len(place.data), place.data.endswith(b"\n")))
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, place.offset)
-                os.ftruncate(index, os.fstat(index).st_size // _INDEX.size * _INDEX.size)
-            raise
-
-    def read(self, segment: int, offset: int, length: int) -> bytes:
-        first = self._pending[0] if self._pending else None
-        if first is None or segment < first.segment:
-            return os.pread(self._fds[segment], length, offset)
-        written = first.offset if segment == first.segment else 0  # bytes of this segment on disk
-        data = os.pread(self._fds[segment], min(length, written - offset), offset) if offset < written else b""
-        for place in self._pending:  # a block read may span appends on disk and appends waiting
-            if place.segment == segment and place.offset + len(place.data) > offset + len(data):
-                start = offset + len(data) - place.offset
-                data += place.data[start : start + length - len(data)]
-        return data
-
-    def drop_before(self, segment: int) -> None:
-        while self._pending and self._pending[0].segment < segment:
-            self._pending.popleft()
-        for number in [n for n in self._fds if n < segment]:
-            os.close(self._fds.pop(number))
-            os.close(self._indexes.pop(number))
-            for suffix in ("log", "idx"):
-                with contextlib.suppress(FileNotFoundError):
-                    self._path(number, suffix).unlink()
-        if self._pending:
-            self._write_pending()
-
-    def close(self) -> None:
-        self._write_pending(force=True)
-        for fd in [*self._fds.values(), *self._indexes.values()]:
-            os.close(fd)
-        self._fds.clear()
-        self._indexes.clear()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def split_lines(data: bytes) -> list[bytes]:
@@ -305,11 +76,14 @@ class ConsoleLog:
         self._skip = 0  # bytes of the oldest block that belong to lines no longer kept
         self._head_lengths: list[int] | None = None  # line lengths of the oldest block, once read
         self._partial = b""
+        self.cursor: Cursor = NO_CURSOR  # how far this console has a remote one (an app running elsewhere)
         taken_up = self.store.stored()  # what the store kept from an earlier run
         if taken_up:
             self._first_seq = self._next_seq = taken_up[0].seq
         for stored in taken_up:
             self._add(stored)
+            if stored.cursor != NO_CURSOR:
+                self.cursor = stored.cursor
 
     @property
     def first_seq(self) -> int:
@@ -342,19 +116,28 @@ class ConsoleLog:
             self._partial = self._partial[MAX_RECORD:]
         return added
 
+    def append_remote(self, data: bytes, cursor: Cursor) -> int:
+        """Lines of a remote console, numbered here at once (an unfinished last one too), kept with the cursor
+        they bring this console's copy of it up to; return how many."""
+        buffer, self._partial = self._partial + data, b""
+        added = self._commit(buffer, cursor) if buffer else 0
+        self.cursor = cursor
+        return added
+
     def flush(self) -> int:
         """Number an unfinished line as it is; return 1 if there was one."""
         partial, self._partial = self._partial, b""
         return self._commit(partial)
 
-    def _commit(self, data: bytes) -> int:
+    def _commit(self, data: bytes, cursor: Cursor = NO_CURSOR) -> int:
         if not data:
             return 0
         if len(data) > MAX_RECORD and any(len(line) > MAX_RECORD for line in split_lines(data)):
-            return sum(self._commit(piece) for piece in _pieces(data))
+            pieces = _pieces(data)
+            return sum(self._commit(piece, cursor if last else NO_CURSOR) for last, piece in _lasts(pieces))
         lines = data.count(b"\n") + (not data.endswith(b"\n"))
-        segment, offset = self.store.append(data, self._next_seq, lines)
-        self._add(Stored(self._next_seq, lines, segment, offset, len(data), data.endswith(b"\n")), data)
+        segment, offset = self.store.append(data, self._next_seq, lines, cursor)
+        self._add(Stored(self._next_seq, lines, segment, offset, len(data), data.endswith(b"\n"), cursor), data)
         return lines
 
     def _add(self, stored: Stored, data: bytes | None = None) -> None:
@@ -463,6 +246,10 @@ class ConsoleLog:
             self._first_seq = seq
 
 
+def _lasts(pieces: list[bytes]) -> list[tuple[bool, bytes]]:
+    return [(index == len(pieces) - 1, piece) for index, piece in enumerate(pieces)]
+
+
 def _pieces(data: bytes) -> list[bytes]:
     pieces: list[bytes] = []
     for line in split_lines(data):
@@ -491,6 +278,11 @@ class Console:
             self._waiting = failure is not None
             if failure is not None:
                 log.warning("console lines of %s wait in memory: %s", self.directory, failure)
+
+    async def write_remote(self, data: bytes, cursor: Cursor) -> None:
+        """Append lines of a remote console (see ``ConsoleLog.append_remote``) and wake followers."""
+        self.log.append_remote(data, cursor)
+        self._notify()
 
     async def note(self, text: str) -> None:
         """Append a line from the daemon itself (a lifecycle event), always on a line of its own."""

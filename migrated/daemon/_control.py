@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,16 +12,21 @@ from typing import Any
 import grpc.aio
 
 import migrated
-from migrated.checkpoint import VersionInfo
-from migrated.daemon._apps import AppRecord, AppSpec, AppTable, State
-from migrated.daemon._moves import MoveProgress, Moves
+from migrated.checkpoint import Store, VersionInfo
+from migrated.daemon._pairing import Pairing
 from migrated.daemon._peers import Peers
+from migrated.daemon._records import AppRecord, AppSpec, State
+from migrated.daemon._tasks import Tasks
+from migrated.daemon.apps import AppRegistry, AppTable, AppVersions
+from migrated.daemon.move import MoveProgress, MoveSource, close_away, evacuate
 from migrated.discovery._table import PeerRow
-from migrated.errors import AppFileError, UsageError
+from migrated.errors import AppFileError, MigError, UsageError
 from migrated.transport.v1 import control_pb2 as pb
 from migrated.transport.v1 import control_pb2_grpc
 
 __all__ = ["ControlService"]
+
+log = logging.getLogger("migrated.daemon")
 
 _STATES = {
     State.STARTING: pb.APP_STATE_STARTING,
@@ -38,14 +44,30 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ControlService(control_pb2_grpc.ControlServicer):
-    """Serves the control API from the app table."""
+    """Serves the control API: the commands of ``mig``, over the daemon's Unix socket."""
 
     def __init__(
-        self, apps: AppTable, peers: Peers, moves: Moves, host: str, state_dir: str, shutdown: Callable[[], None]
+        self,
+        registry: AppRegistry,
+        table: AppTable,
+        versions: AppVersions,
+        source: MoveSource,
+        peers: Peers,
+        pairing: Pairing,
+        store: Store,
+        tasks: Tasks,
+        host: str,
+        state_dir: str,
+        shutdown: Callable[[], None],
     ) -> None:
-        self.apps = apps
+        self.registry = registry
+        self.table = table
+        self.versions = versions
+        self.source = source
         self.peers = peers
-        self.moves = moves
+        self.pairing = pairing
+        self.store = store
+        self._tasks = tasks
         self.host = host
         self.state_dir = state_dir
         self.started_at = time.time()
@@ -53,14 +75,14 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     def info(self, record: AppRecord) -> pb.AppInfo:
         """The wire form of an app."""
-        spec = record.spec
+        spec, place = record.spec, record.place
         return pb.AppInfo(
             name=spec.name,
             state=pb.APP_STATE_MOVING if record.moving else _state(record),
             kind=_KINDS[spec.kind],
-            host=record.host or self.host,
-            home=record.home or self.host,
-            pid=record.remote_pid if record.state is State.AWAY else record.pid,
+            host=place.host or self.host,
+            home=place.home or self.host,
+            pid=record.remote.pid if record.state is State.AWAY else record.pid,
             file=spec.file,
             app_class=record.app_class or spec.app_class,
             cwd=spec.cwd,
@@ -75,12 +97,12 @@ class ControlService(control_pb2_grpc.ControlServicer):
             keep=spec.keep,
             restart=spec.restart,
             restarts=record.restarts,
-            epoch=record.epoch,
-            files_home=record.files_home_name or record.home or self.host,
+            epoch=place.epoch,
+            files_home=place.files_home_name or place.home or self.host,
         )
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
-        apps = list(self.apps)
+        apps = list(self.registry)
         return pb.StatusReply(
             host=self.host,
             version=migrated.__version__,
@@ -97,27 +119,27 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     async def Run(self, request: pb.RunRequest, context: Context) -> pb.AppInfo:
         spec = _spec(request)
-        return self.info(await self.apps.run(spec))
+        return self.info(await self.table.run(spec))
 
     async def List(self, request: pb.ListRequest, context: Context) -> pb.ListReply:
-        return pb.ListReply(apps=[self.info(record) for record in self.apps])
+        return pb.ListReply(apps=[self.info(record) for record in self.registry])
 
     async def Get(self, request: pb.AppRef, context: Context) -> pb.AppInfo:
-        return self.info(self.apps.get(request.name))
+        return self.info(self.registry.get(request.name))
 
     async def Kill(self, request: pb.KillRequest, context: Context) -> pb.AppInfo:
-        return self.info(await self.apps.stop(request.name, force=request.force))
+        return self.info(await self.table.stop(request.name, force=request.force))
 
     async def Remove(self, request: pb.RemoveRequest, context: Context) -> pb.RemoveReply:
-        await self.apps.remove(request.name, force=request.force)
+        await self.table.remove(request.name, force=request.force)
         return pb.RemoveReply()
 
     async def Send(self, request: pb.SendRequest, context: Context) -> pb.SendReply:
-        await self.apps.send(request.name, request.text)
+        await self.table.send(request.name, request.text)
         return pb.SendReply()
 
     async def Logs(self, request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.ConsoleBatch]:
-        record = self.apps.get(request.name)
+        record = self.registry.get(request.name)
         console = record.console
         since = request.since or (console.log.tail_start(request.tail) if request.tail else 0)
         shown = 0  # bytes of the unfinished line this stream has sent
@@ -145,16 +167,16 @@ class ControlService(control_pb2_grpc.ControlServicer):
             yield pb.ConsoleBatch(app=self.info(record))
 
     async def Checkpoint(self, request: pb.CheckpointRequest, context: Context) -> pb.CheckpointReply:
-        info, captured = await self.apps.checkpoint(request.name, "manual", request.message)
+        info, captured = await self.versions.checkpoint(request.name, "manual", request.message)
         return pb.CheckpointReply(
             version=_version(info), pause_seconds=captured.pause, capture_seconds=captured.capture
         )
 
     async def History(self, request: pb.AppRef, context: Context) -> pb.HistoryReply:
-        return pb.HistoryReply(versions=[_version(info) for info in await self.apps.history(request.name)])
+        return pb.HistoryReply(versions=[_version(info) for info in await self.versions.history(request.name)])
 
     async def Close(self, request: pb.AppRef, context: Context) -> pb.AppInfo:
-        return self.info(await self.moves.close_away(request.name))
+        return self.info(await close_away(self.source, request.name))
 
     async def Open(self, request: pb.OpenRequest, context: Context) -> pb.AppInfo:
         if request.on:
@@ -163,28 +185,28 @@ class ControlService(control_pb2_grpc.ControlServicer):
                     f"--version and --on together are not supported; `mig restore {request.name} "
                     f"{request.version}` first, then `mig open {request.name} --on {request.on}`"
                 )
-            record, where = await self.moves.move(request.name, request.on, lambda _: None, closed=True)
+            record, where = await self.source.open_on(request.name, request.on)
             info = self.info(record)
             info.host = where
             return info
-        return self.info(await self.apps.open(request.name, request.version))
+        return self.info(await self.versions.open(request.name, request.version))
 
     async def Restore(self, request: pb.RestoreRequest, context: Context) -> pb.AppInfo:
-        return self.info(await self.apps.restore(request.name, request.version))
+        return self.info(await self.versions.restore(request.name, request.version))
 
     async def Fork(self, request: pb.ForkRequest, context: Context) -> pb.AppInfo:
-        return self.info(await self.apps.fork(request.name, request.new_name, request.version))
+        return self.info(await self.versions.fork(request.name, request.new_name, request.version))
 
     async def Export(self, request: pb.ExportRequest, context: Context) -> pb.ExportReply:
         if not os.path.isabs(request.path):
             raise UsageError(f"{request.path} is not an absolute path; the command line sends absolute paths")
-        info, written = await self.apps.export(request.name, request.path, request.version)
+        info, written = await self.versions.export(request.name, request.path, request.version)
         return pb.ExportReply(version=_version(info), bytes=written)
 
     async def Import(self, request: pb.ImportRequest, context: Context) -> pb.ImportReply:
         if not os.path.isabs(request.path):
             raise UsageError(f"{request.path} is not an absolute path; the command line sends absolute paths")
-        record, signer = await self.apps.import_(request.path, request.name, request.cwd or os.getcwd())
+        record, signer = await self.versions.import_(request.path, request.name, request.cwd or os.getcwd())
         return pb.ImportReply(
             app=self.info(record),
             signer=signer.name,
@@ -193,11 +215,11 @@ class ControlService(control_pb2_grpc.ControlServicer):
         )
 
     async def Gc(self, request: pb.GcRequest, context: Context) -> pb.GcReply:
-        report = await asyncio.to_thread(self.apps.store.gc)
+        report = await asyncio.to_thread(self.store.gc)
         return pb.GcReply(chunks=report.chunks, bytes=report.bytes)
 
     async def Verify(self, request: pb.VerifyRequest, context: Context) -> pb.VerifyReply:
-        report = await asyncio.to_thread(self.apps.store.verify)
+        report = await asyncio.to_thread(self.store.verify)
         damaged = [
             pb.Damage(app=d.app, version=d.version, chunk=d.chunk.hex(), reason=d.reason) for d in report.damaged
         ]
@@ -211,61 +233,54 @@ class ControlService(control_pb2_grpc.ControlServicer):
         return pb.PeersReply(peers=[_peer_info(row) for row in self.peers.rows()])
 
     async def PairCode(self, request: pb.PairCodeRequest, context: Context) -> pb.PairCodeReply:
-        code, expires = self.peers.issue_code(request.ttl)
+        code, expires = self.pairing.issue_code(request.ttl)
         return pb.PairCodeReply(code=code, expires=expires)
 
     async def Pair(self, request: pb.PairRequest, context: Context) -> pb.PeerInfo:
-        return _peer_info(await self.peers.pair(request.host, request.code))
+        return _peer_info(await self.pairing.pair(request.host, request.code))
 
     async def Paired(self, request: pb.PairedRequest, context: Context) -> pb.PeersReply:
         return pb.PeersReply(peers=[_peer_info(row) for row in self.peers.rows() if row.paired])
 
     async def Unpair(self, request: pb.UnpairRequest, context: Context) -> pb.PeerInfo:
-        peer = self.peers.unpair(request.host)
+        peer = await self.pairing.unpair(request.host)
         return pb.PeerInfo(name=peer.name, address=peer.address, device_id=peer.device_id, paired=False)
 
     async def Move(self, request: pb.MoveRequest, context: Context) -> AsyncIterator[pb.MoveProgress]:
-        updates: asyncio.Queue[MoveProgress] = asyncio.Queue()
-        job = asyncio.ensure_future(
-            self.moves.move(request.name, request.host, updates.put_nowait, request.stop_and_copy)
-        )
-        while not job.done() or not updates.empty():
-            getter = asyncio.ensure_future(updates.get())
-            await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                continue
-            update = getter.result()
-            yield pb.MoveProgress(
-                phase=update.phase,
-                bytes_sent=update.bytes_sent,
-                bytes_total=update.bytes_total,
-                chunks_sent=update.chunks_sent,
-                chunks_skipped=update.chunks_skipped,
-                downtime=update.downtime,
-            )
-        record, destination = await job
+        updates: asyncio.Queue[MoveProgress | None] = asyncio.Queue()
+        outcome: list[tuple[AppRecord, str] | BaseException] = []
+
+        async def move() -> None:  # runs on if the command goes away: a move is not undone by a closed terminal
+            try:
+                outcome.append(await self.source.move(request.name, request.host, updates.put_nowait,
+                                                      request.stop_and_copy))  # fmt: skip
+            except MigError as exc:
+                outcome.append(exc)
+            except Exception as exc:
+                log.exception("the move of %s failed", request.name)
+                outcome.append(MigError(f"the move of {request.name!r} failed ({exc}); see the daemon's log"))
+            finally:
+                updates.put_nowait(None)
+
+        self._tasks.spawn(move(), f"move {request.name}")
+        while (update := await updates.get()) is not None:
+            yield _progress(update)
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        record, destination = outcome[0]
         info = self.info(record)
         info.host = destination
         yield pb.MoveProgress(phase="done", app=info)
 
     async def Evacuate(self, request: pb.EvacuateRequest, context: Context) -> AsyncIterator[pb.EvacuateReport]:
-        async for name, moved, message, downtime in self.moves.evacuate(
-            request.to, rehome=request.rehome, move_files=request.move_files
+        async for name, moved, message, downtime in evacuate(
+            self.source, request.to, rehome=request.rehome, move_files=request.move_files
         ):
             yield pb.EvacuateReport(app=name, moved=moved, message=message, downtime=downtime)
 
     async def Rehome(self, request: pb.RehomeRequest, context: Context) -> pb.AppInfo:
-        was_running = self.apps.get(request.name).running
-        if was_running:
-            moved, where = await self.moves.move(
-                request.name, request.host, lambda _: None, rehome=True, move_files=request.move_files
-            )
-        else:
-            moved, where = await self.moves.move(
-                request.name, request.host, lambda _: None, closed=True, stay_closed=True, rehome=True,
-                move_files=request.move_files,
-            )  # fmt: skip
+        was_running = self.registry.get(request.name).running
+        moved, where = await self.source.rehome(request.name, request.host, request.move_files)
         info = self.info(moved)
         info.host = info.home = where
         info.state = pb.APP_STATE_RUNNING if was_running else pb.APP_STATE_CLOSED
@@ -278,12 +293,23 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
 def _state(record: AppRecord) -> pb.AppState.ValueType:
     """Its state here, or, while it runs away, as its host last said."""
-    if record.state is State.AWAY and record.remote_state:
+    if record.state is State.AWAY and record.remote.state:
         try:
-            return _STATES[State(record.remote_state)]
+            return _STATES[State(record.remote.state)]
         except ValueError:
             pass
     return _STATES[record.state]
+
+
+def _progress(update: MoveProgress) -> pb.MoveProgress:
+    return pb.MoveProgress(
+        phase=update.phase,
+        bytes_sent=update.bytes_sent,
+        bytes_total=update.bytes_total,
+        chunks_sent=update.chunks_sent,
+        chunks_skipped=update.chunks_skipped,
+        downtime=update.downtime,
+    )
 
 
 def _peer_info(row: PeerRow) -> pb.PeerInfo:

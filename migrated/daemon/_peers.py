@@ -1,4 +1,9 @@
-"""The daemon's peers: its peer port, mDNS, pairing, the paired table, probes and channels to paired peers."""
+"""The daemon's peers: its peer port, mDNS, the paired table, probes, and calls to paired peers over mutual TLS.
+
+What the peer port serves is the composition root's to give (``start``); pairing is ``_pairing``'s. A failed call
+to a peer is the error class it stands for (``transport._errors.error_of``); a handshake that fails because
+the host presents another certificate than the paired one is found by fetching the certificate it presents.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,29 +20,26 @@ import grpc.aio
 
 import migrated
 from migrated.daemon._config import Address, PeerSettings, parse_address
-from migrated.daemon._peer_service import PairingService, PeerService, hello_party
 from migrated.discovery._paired import PairedPeer, PairedPeers
 from migrated.discovery._table import PeerRow, PeerTable, Probe, Sighting
 from migrated.errors import (
     ConfigError,
     MigError,
     NotPairedError,
-    PeerError,
     PeerIdentityError,
     PeerNotFoundError,
     PeerUnreachableError,
-    error_class,
 )
 from migrated.transport._auth import PairedOnly
-from migrated.transport._errors import ERROR_KEY, ErrorInterceptor
+from migrated.transport._errors import ErrorInterceptor, error_of
 from migrated.transport._identity import Identity, cert_hash, channel_credentials, channel_options, load_identity
-from migrated.transport._pairing import CodeBook, PairingClient, Party, normalize_code
 from migrated.transport._probe import fetch_certificate
 from migrated.transport.v1 import peer_pb2 as pb
 from migrated.transport.v1 import peer_pb2_grpc
 
 if TYPE_CHECKING:
-    from migrated.daemon._moves import Moves
+    from google.protobuf.message import Message
+
     from migrated.discovery import Advert, Mdns
 
 __all__ = ["MAX_MESSAGE", "Peers"]
@@ -47,7 +49,6 @@ log = logging.getLogger("migrated.peers")
 MAX_MESSAGE = 16 * 1024 * 1024
 PROBE_INTERVAL = 5.0
 PROBE_TIMEOUT = 3.0
-CODE_TTL = 300.0
 CALL_TIMEOUT = 10.0
 # A cut link must fail a call (and so a move) within seconds, not when TCP gives up after minutes.
 KEEPALIVE_CHANNEL = [
@@ -71,6 +72,7 @@ class Peers:
         state_dir: Path,
         name: str,
         settings: PeerSettings,
+        paired: PairedPeers,
         apps_running: Callable[[], int],
         handshake_timeout: float = 10.0,
     ) -> None:
@@ -80,10 +82,7 @@ class Peers:
         self.handshake_timeout = handshake_timeout
         self.identity_dir = state_dir / "identity"
         self.identity: Identity = load_identity(self.identity_dir, name)
-        self.party = Party(name, self.identity.device_id, self.identity.client_cert_hash)
-        self.paired = PairedPeers(state_dir / "peers.json")
-        self.paired.load()
-        self.codes = CodeBook()
+        self.paired = paired
         self.table = PeerTable(self.identity.device_id)
         self.table.static = tuple(str(address) for address in settings.peers)
         self.listen: Address | None = None
@@ -91,23 +90,12 @@ class Peers:
         self._mdns: Mdns | None = None
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self._wake = asyncio.Event()
-        self._moves: Moves | None = None
-
-    def serve_moves(self, moves: Moves) -> None:
-        """Let paired peers move apps here (and send the console of ours home)."""
-        self._moves = moves
-
-    def moves(self) -> Moves:
-        """The moves this host takes part in."""
-        if self._moves is None:
-            raise PeerUnreachableError(f"{self.name} is still starting; try again in a moment")
-        return self._moves
 
     # -- lifecycle
 
-    async def start(self) -> None:
-        """Open the peer port and start mDNS."""
-        await self._serve()
+    async def start(self, services: Callable[[grpc.aio.Server], None]) -> None:
+        """Open the peer port with the services ``services`` adds to its server, and start mDNS."""
+        await self._serve(services)
         if self.settings.mdns and self.listen is not None:
             from migrated.discovery import Mdns  # zeroconf costs its import only where mDNS runs
 
@@ -132,7 +120,7 @@ class Peers:
         if self._server is not None:
             await self._server.stop(grace=1.0)
 
-    async def _serve(self) -> None:
+    async def _serve(self, services: Callable[[grpc.aio.Server], None]) -> None:
         settings = self.settings
         server = grpc.aio.server(
             interceptors=[
@@ -153,8 +141,7 @@ class Peers:
             ],
         )
         self._server = server
-        peer_pb2_grpc.add_PairingServicer_to_server(PairingService(self), server)
-        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self), server)
+        services(server)
         address = settings.listen
         try:
             port = server.add_secure_port(str(address), self.identity.server_credentials())
@@ -211,89 +198,23 @@ class Peers:
         """Every known peer."""
         return self.table.rows(self.paired)
 
-    def issue_code(self, ttl: float) -> tuple[str, float]:
-        """Show a new pairing code; return it and its expiry as Unix time."""
-        if self.listen is None:
-            raise ConfigError("this daemon has no peer port, so no host can pair with it; start it with --listen")
-        ttl = ttl if ttl > 0 else CODE_TTL
-        code, _ = self.codes.issue(time.monotonic(), ttl)
-        return code, time.time() + ttl
-
-    async def pair(self, host: str, code: str) -> PeerRow:
-        """Pair with ``host`` using the code it shows."""
-        code = normalize_code(code)
-        name, address, expected = self._target(host)
-        try:
-            cert = await fetch_certificate(address.host, address.port, *self._tls_files(), PROBE_TIMEOUT)
-        except OSError as exc:
-            raise PeerUnreachableError(
-                f"{name} at {address} does not answer ({exc}); check that its daemon runs and the address is right"
-            ) from None
-        device_id = cert_hash(cert.pem)
-        if expected and device_id != expected:
-            raise PeerIdentityError(
-                f"the machine at {address} is not the {name} that mDNS announced (its certificate differs); "
-                "pair by address if you trust it"
-            )
-        client = PairingClient(code, self.party)
-        channel = self._channel(device_id, cert.pem, address)
-        stub = peer_pb2_grpc.PairingStub(channel)
-        reply = await self._call(
-            stub.PairBegin(
-                pb.PairBeginRequest(client=self.hello(), spake_message=client.message), timeout=CALL_TIMEOUT
-            ),
-            name,
-            address,
-        )
-        server = hello_party(reply.server)
-        if server.device_id != device_id:
-            raise PeerIdentityError(f"{name} at {address} answered with another certificate than its TLS one")
-        confirm = client.finish(reply.spake_message, server, reply.confirm)
-        await self._call(
-            stub.PairFinish(pb.PairFinishRequest(session=reply.session, confirm=confirm), timeout=CALL_TIMEOUT),
-            name,
-            address,
-        )
-        peer_address = Address(address.host, reply.server.port or address.port)
-        self.paired.add(
-            PairedPeer(
-                name=server.name,
-                device_id=device_id,
-                cert_pem=reply.server.cert_pem.decode(),
-                client_cert_hash=server.client_cert_hash,
-                address=str(peer_address),
-                paired_at=time.time(),
-            )
-        )
-        log.info("paired with %s (%s) at %s", server.name, device_id, peer_address)
-        await self._probe(str(peer_address))
-        self.changed()
-        return self._row(device_id, server.name, str(peer_address))
-
-    def unpair(self, host: str) -> PairedPeer:
-        """Forget a paired peer; its calls are refused from now on."""
-        peer = self.paired.find(host)
-        self.paired.remove(peer.device_id)
-        for key in [key for key in self._channels if key[0] == peer.device_id]:
-            channel = self._channels.pop(key)
-            asyncio.get_running_loop().create_task(channel.close(None))
-        log.info("unpaired %s (%s)", peer.name, peer.device_id)
-        self.changed()
-        return peer
+    async def forget(self, device_id: str) -> None:
+        """Close the channels to a peer that is no longer paired."""
+        for key in [key for key in self._channels if key[0] == device_id]:
+            await self._channels.pop(key).close(None)
 
     async def ping(self, host: str, count: int) -> tuple[PeerRow, list[float]]:
         """Ping a paired peer ``count`` times over mutual TLS; return it and the round trips in ms."""
         peer, address = self.paired_target(host)
-        stub = self.stub(peer, address)
         rtts: list[float] = []
         reply: pb.PingReply | None = None
         for _ in range(max(1, count)):
             start = time.perf_counter()
-            reply = await self._call(stub.Ping(pb.PingRequest(), timeout=CALL_TIMEOUT), peer.name, address)
+            reply = await self.call(peer, "Ping", pb.PingRequest(), CALL_TIMEOUT)
             rtts.append((time.perf_counter() - start) * 1000)
         assert reply is not None
         self.table.probed(str(address), _probe_of(reply))
-        return self._row(peer.device_id, peer.name, str(address)), rtts
+        return self.row(peer.device_id, peer.name, str(address)), rtts
 
     # -- calling paired peers
 
@@ -321,10 +242,10 @@ class Peers:
 
     def stub(self, peer: PairedPeer, address: Address) -> peer_pb2_grpc.PeerAsyncStub:
         """A Peer stub over mutual TLS, pinned to the peer's certificate."""
-        channel = self._channel(peer.device_id, peer.cert_pem.encode(), address)
+        channel = self.channel(peer.device_id, peer.cert_pem.encode(), address)
         return peer_pb2_grpc.PeerStub(channel)
 
-    def _channel(self, device_id: str, cert_pem: bytes, address: Address) -> grpc.aio.Channel:
+    def channel(self, device_id: str, cert_pem: bytes, address: Address) -> grpc.aio.Channel:
         key = (device_id, str(address))
         channel = self._channels.get(key)
         if channel is None:
@@ -341,30 +262,54 @@ class Peers:
             self._channels[key] = channel
         return channel
 
-    async def _call(self, call: Any, name: str, address: Address) -> Any:
+    async def call(self, peer: PairedPeer, method: str, request: Message, deadline: float) -> Any:
+        """One call to a paired peer, at the address it was last seen at, of at most ``deadline`` seconds; a
+        failure is the error it stands for."""
+        _, address = self.paired_target(peer.device_id)
         try:
-            return await call
+            return await getattr(self.stub(peer, address), method)(request, timeout=deadline)
         except grpc.aio.AioRpcError as exc:
-            raise _peer_error(exc, name, address) from None
+            raise await self._failure(exc, peer, address) from None
 
-    def _tls_files(self) -> tuple[Path, Path]:
+    async def stage(self, peer: PairedPeer, requests: AsyncIterator[pb.StageRequest]) -> pb.StageReply:
+        """Stream a version to a paired peer (``Stage``)."""
+        _, address = self.paired_target(peer.device_id)
+        try:
+            reply: pb.StageReply = await self.stub(peer, address).Stage(requests, timeout=3600)
+        except grpc.aio.AioRpcError as exc:
+            raise await self._failure(exc, peer, address) from None
+        return reply
+
+    async def home_link(self, device: str, requests: AsyncIterator[pb.LinkUp]) -> AsyncIterator[pb.LinkDown]:
+        """Open the home link stream to the paired host ``device``; its replies, as they come."""
+        peer, address = self.paired_target(device)
+        try:
+            async for down in self.stub(peer, address).HomeLink(requests):
+                yield down
+        except grpc.aio.AioRpcError as exc:
+            raise await self._failure(exc, peer, address) from None
+
+    async def _failure(self, exc: grpc.aio.AioRpcError, peer: PairedPeer, address: Address) -> MigError:
+        """The error a failed call stands for; an unreachable host that presents another certificate than the
+        paired one is named as such."""
+        error = error_of(exc, peer.name)
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or not isinstance(error, PeerUnreachableError):
+            return error
+        try:
+            cert = await fetch_certificate(address.host, address.port, *self.tls_files(), PROBE_TIMEOUT)
+        except OSError:
+            return error
+        if cert_hash(cert.pem) != peer.device_id:
+            return PeerIdentityError(
+                f"the machine at {address} does not hold {peer.name}'s paired certificate; if {peer.name} was "
+                f"reinstalled, `mig unpair {peer.name}` and pair again"
+            )
+        return error
+
+    def tls_files(self) -> tuple[Path, Path]:
         return self.identity_dir / "client.pem", self.identity_dir / "key.pem"
 
-    def _target(self, host: str) -> tuple[str, Address, str]:
-        """Name, address and the advertised device id (if any) of a peer to pair with."""
-        try:
-            row = self.table.resolve(host, self.paired)
-        except PeerNotFoundError:
-            try:
-                address = parse_address(host, what="the host")
-            except ConfigError:
-                raise PeerNotFoundError(
-                    f"no peer called {host!r} is known; see `mig peers`, or give its address as HOST:PORT"
-                ) from None
-            return host, address, ""
-        return row.name, parse_address(row.address, what="the peer address"), row.device_id
-
-    def _row(self, device_id: str, name: str, address: str) -> PeerRow:
+    def row(self, device_id: str, name: str, address: str) -> PeerRow:
         for row in self.rows():
             if row.device_id == device_id:
                 return row
@@ -374,9 +319,9 @@ class Peers:
 
     async def _probe_all(self) -> None:
         rows = {row.address: row for row in self.rows() if row.address}
-        await asyncio.gather(*(self._probe(address, row) for address, row in rows.items()))
+        await asyncio.gather(*(self.probe(address, row) for address, row in rows.items()))
 
-    async def _probe(self, address_text: str, row: PeerRow | None = None) -> None:
+    async def probe(self, address_text: str, row: PeerRow | None = None) -> None:
         now = time.time()
         try:
             address = parse_address(address_text, what="the peer address")
@@ -391,7 +336,7 @@ class Peers:
                 self.paired.seen_at(peer.device_id, address_text)
         else:
             try:
-                cert = await fetch_certificate(address.host, address.port, *self._tls_files(), PROBE_TIMEOUT)
+                cert = await fetch_certificate(address.host, address.port, *self.tls_files(), PROBE_TIMEOUT)
                 probe = Probe(True, now, cert_hash(cert.pem), cert.name)
             except OSError:
                 probe = Probe(False, now)
@@ -408,26 +353,3 @@ class Peers:
 
 def _probe_of(reply: pb.PingReply, now: float | None = None) -> Probe:
     return Probe(True, now or time.time(), reply.device_id, reply.name, reply.version, reply.apps_running, reply.load)
-
-
-def _peer_error(exc: grpc.aio.AioRpcError, name: str, address: Address) -> MigError:
-    """One sentence for a failed call to a peer."""
-    metadata: Any = exc.trailing_metadata() or ()
-    kind = next((value for key, value in metadata if key == ERROR_KEY), None)
-    if kind:
-        return error_class(str(kind))(exc.details() or f"{name} refused the call")
-    details = exc.details() or ""
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and ("handshake" in details.lower() or "CERTIFICATE" in details):
-        return PeerIdentityError(
-            f"the machine at {address} does not hold {name}'s paired certificate; if {name} was reinstalled, "
-            f"`mig unpair {name}` and pair again"
-        )
-    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-        return NotPairedError(f"{name} refused this host: {details}")
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return PeerUnreachableError(
-            f"{name} at {address} does not answer; check that its daemon runs and the network between the hosts"
-        )
-    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return PeerError(f"{name} refused a message as too large: {details}")
-    return PeerUnreachableError(f"{name} at {address} failed the call: {exc.code().name}: {details}")

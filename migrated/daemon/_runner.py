@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from migrated.checkpoint._chunks import Piece
 from migrated.checkpoint._manifest import chunk_hashes
 from migrated.daemon._console import Console
+from migrated.daemon._tasks import owned
 from migrated.errors import RunnerError, error_class
 from migrated.runtime import _wire
 from migrated.transport.v1 import checkpoint_pb2 as pb
@@ -152,7 +153,7 @@ class Runner:
         self._on_frame = home_io
         self._writer.write(_wire.encode_json(_wire.Kind.LOAD, spec))
         await self._writer.drain()
-        pump = asyncio.create_task(self.pump(console))
+        pump = owned(self.pump(console), f"console pump {self.pid}")
         try:
             frame = await asyncio.wait_for(self._next_frame(), LOAD_TIMEOUT)
         except TimeoutError:
@@ -253,7 +254,7 @@ class Runner:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + REPLY_MARGIN):
                     frame = await self._reply()
             except TimeoutError:
-                self._abandoned = asyncio.create_task(self._finish_abandoned(hold), name=f"abandoned {self.pid}")
+                self._abandoned = owned(self._finish_abandoned(hold), f"abandoned checkpoint {self.pid}")
                 raise Busy(await self.where(), within) from None
             return await self._captured(frame, missing)
         finally:

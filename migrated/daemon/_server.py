@@ -1,4 +1,6 @@
-"""``serve()``: the daemon's task group, its control server on the Unix socket, and an orderly stop."""
+"""``serve()``: the composition root. It builds every service of the daemon with what it needs (``_compose``),
+starts them in order in one task group (the peer port first: a port that cannot be had ends the start before
+any app is touched), serves the control API on the Unix socket, and stops in order."""
 
 from __future__ import annotations
 
@@ -13,17 +15,24 @@ from typing import Any
 import grpc.aio
 
 from migrated.checkpoint import Store
-from migrated.daemon._apps import AppTable
 from migrated.daemon._config import PeerSettings
 from migrated.daemon._control import ControlService
+from migrated.daemon._db import Db
 from migrated.daemon._exports import ExportTrust
-from migrated.daemon._home import HomeIO
-from migrated.daemon._moves import Moves
+from migrated.daemon._paired_rows import PairedRows
+from migrated.daemon._pairing import Pairing, PairingService
+from migrated.daemon._peer_service import PeerService
 from migrated.daemon._peers import Peers
 from migrated.daemon._runner import SAFE_POINT_WAIT
 from migrated.daemon._statedir import StateDir
+from migrated.daemon._tasks import Tasks
+from migrated.daemon.apps import AppRegistry, AppTable, AppVersions, Checkpointer
+from migrated.daemon.home import FileGrants, HomeIO
+from migrated.daemon.move import Journal, MoveDestination, MoveSource, recover
+from migrated.discovery._paired import PairedPeers
+from migrated.errors import MigError
 from migrated.transport._errors import ErrorInterceptor
-from migrated.transport.v1 import control_pb2_grpc
+from migrated.transport.v1 import control_pb2_grpc, peer_pb2_grpc
 
 __all__ = ["DaemonConfig", "serve"]
 
@@ -44,8 +53,56 @@ class DaemonConfig:
     safe_point_wait: float = SAFE_POINT_WAIT
 
 
+@dataclass(frozen=True, slots=True)
+class _Daemon:
+    """Every service of one daemon, built once."""
+
+    config: DaemonConfig
+    store: Store
+    tasks: Tasks
+    peers: Peers
+    pairing: Pairing
+    registry: AppRegistry
+    home: HomeIO
+    table: AppTable
+    versions: AppVersions
+    journal: Journal
+    source: MoveSource
+    destination: MoveDestination
+    peer_service: PeerService
+    control: ControlService
+
+
+def _compose(config: DaemonConfig, store: Store, db: Db, tasks: Tasks, stop: Callable[[], None]) -> _Daemon:
+    """Build the services, each with what it needs; nothing starts here."""
+    state_dir, host = config.state_dir, config.host
+    paired = PairedPeers(PairedRows(db))
+    paired.load()
+    registry = AppRegistry(db, store, state_dir / "console", config.console_lines, config.console_bytes)
+    peers = Peers(
+        state_dir, host, config.peers, paired, lambda: sum(r.running for r in registry), config.handshake_timeout
+    )
+    grants = FileGrants(db)
+    grants.load()
+    home = HomeIO(registry, peers, grants, tasks, config.home_timeout)
+    checkpointer = Checkpointer(store, config.safe_point_wait)
+    table = AppTable(registry, checkpointer, home, tasks, store, state_dir)
+    exports = ExportTrust(peers.identity, host, paired)
+    versions = AppVersions(table, registry, checkpointer, store, exports, state_dir / "code")
+    journal = Journal(db)
+    source = MoveSource(registry, table, versions, home, peers, journal, store, tasks, host)
+    destination = MoveDestination(registry, table, home, peers, journal, store, tasks, state_dir, host)
+    pairing = Pairing(peers)
+    peer_service = PeerService(peers, source, destination, home, host)
+    control = ControlService(
+        registry, table, versions, source, peers, pairing, store, tasks, host, str(state_dir), stop
+    )
+    return _Daemon(config, store, tasks, peers, pairing, registry, home, table, versions, journal, source,
+                   destination, peer_service, control)  # fmt: skip
+
+
 async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) -> None:
-    """Run the daemon until SIGTERM, SIGINT or a Shutdown request; a crash of any part ends it loudly."""
+    """Run the daemon until SIGTERM, SIGINT or a Shutdown request."""
     state_dir = StateDir(config.state_dir)
     state_dir.open()
     stop = asyncio.Event()
@@ -54,58 +111,58 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
     store = Store(config.state_dir / "checkpoints.sqlite")
-    apps: AppTable | None = None
-    # The peer port first: a port that cannot be had ends the start before any app is touched.
-    peers = Peers(
-        config.state_dir,
-        config.host,
-        config.peers,
-        lambda: sum(record.running for record in apps or ()),
-        config.handshake_timeout,
-    )
+    peers: Peers | None = None
     try:
-        await peers.start()
-        async with asyncio.TaskGroup() as tasks:
-            exports = ExportTrust(peers.identity, config.host, peers.paired)
-            apps = AppTable(
-                tasks,
-                config.state_dir,
-                store,
-                config.console_lines,
-                config.console_bytes,
-                exports,
-                config.safe_point_wait,
-            )
-            await apps.load_saved()
-            if store.unclean:
-                log.warning("the checkpoint store was not closed cleanly; quick_check: %s", store.problems or "ok")
-            home_io = HomeIO(peers, config.host, tasks, config.state_dir, config.home_timeout)
-            apps.io = home_io
-            moves = Moves(apps, peers, config.state_dir, config.host, tasks, home_io)
-            peers.serve_moves(moves)
-            await moves.recover()
-            probes = tasks.create_task(peers.run_probes())
-            server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-            service = ControlService(apps, peers, moves, config.host, str(config.state_dir), stop.set)
-            control_pb2_grpc.add_ControlServicer_to_server(service, server)
-            server.add_insecure_port(f"unix:{state_dir.socket}")
-            await server.start()
-            log.info("serving %s on %s", config.host, state_dir.socket)
+        db = Db(store)
+        db.open(config.state_dir)
+        async with asyncio.TaskGroup() as group:
+            daemon = _compose(config, store, db, Tasks(group), stop.set)
+            peers = daemon.peers
+            server = await _start(daemon, state_dir.socket)
             ready()
             await stop.wait()
-            log.info("stopping")
-            await apps.close_all()
-            await moves.flush_consoles()
-            moves.close()
-            home_io.close()
-            probes.cancel()
-            await server.stop(grace=1.0)
+            await _stop(daemon, server)
+    except* MigError as failed:  # the start refused (a port taken, a store that cannot open): one sentence
+        raise failed.exceptions[0] from None
     finally:
-        await peers.close()
+        if peers is not None:
+            await peers.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         await asyncio.to_thread(store.close)
         state_dir.close()
+
+
+async def _start(daemon: _Daemon, socket: Path) -> grpc.aio.Server:
+    """Start the services in order; return the control server, serving."""
+
+    def peer_services(server: grpc.aio.Server) -> None:
+        peer_pb2_grpc.add_PairingServicer_to_server(PairingService(daemon.peers, daemon.pairing), server)
+        peer_pb2_grpc.add_PeerServicer_to_server(daemon.peer_service, server)
+
+    await daemon.peers.start(peer_services)
+    await daemon.registry.load_saved()
+    if daemon.store.unclean:
+        log.warning("the checkpoint store was not closed cleanly; quick_check: %s", daemon.store.problems or "ok")
+    await recover(daemon.journal, daemon.source, daemon.destination)
+    daemon.peer_service.ready.set()
+    daemon.tasks.spawn(daemon.peers.run_probes(), "probes")
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    control_pb2_grpc.add_ControlServicer_to_server(daemon.control, server)
+    server.add_insecure_port(f"unix:{socket}")
+    await server.start()
+    log.info("serving %s on %s", daemon.config.host, socket)
+    return server
+
+
+async def _stop(daemon: _Daemon, server: grpc.aio.Server) -> None:
+    """Close every app that runs (saving what can be saved), let visitors' consoles reach home, stop the rest."""
+    log.info("stopping")
+    await daemon.table.close_all(daemon.versions.close)
+    await daemon.home.flush_all()
+    daemon.home.close()
+    daemon.tasks.cancel()
+    await server.stop(grace=1.0)
 
 
 def _log_tasks() -> None:

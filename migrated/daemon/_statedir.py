@@ -12,8 +12,10 @@ from migrated.errors import DirectoryLockedError
 
 __all__ = ["StateDir"]
 
-# The daemon writes these 0700/0600 itself: if others can write them, a key or a paired peer may be planted.
-_PRIVATE = frozenset({"identity", "peers.json"})
+# If others can write these, a key or a paired peer may be planted (the store holds the paired table).
+_PRIVATE = frozenset(
+    {"identity", "peers.json", "checkpoints.sqlite", "checkpoints.sqlite-wal", "checkpoints.sqlite-shm"}
+)
 
 
 class StateDir:

@@ -1,17 +1,15 @@
-"""The paired table: the peers this host trusts, kept in ``DIR/peers.json`` (0600), replaced atomically."""
+"""The paired table: the peers this host trusts. The daemon keeps it in its database; this module holds it in
+memory, answers who a caller or a name is, and hands every change to its storage before it takes effect."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
+from typing import Protocol
 
-from migrated._paths import check_owned
-from migrated.errors import PeerNotFoundError, StateDirError
+from migrated.errors import PeerNotFoundError
 
-__all__ = ["PairedPeer", "PairedPeers"]
+__all__ = ["PairedPeer", "PairedPeers", "PairedStorage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,26 +24,29 @@ class PairedPeer:
     paired_at: float
 
 
-class PairedPeers:
-    """The paired table, in memory and on disk; every change is on disk before it returns."""
+class PairedStorage(Protocol):
+    """Where the paired table is kept (each change durable before it returns)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def load(self) -> list[PairedPeer]:
+        """Every paired peer."""
+        ...
+
+    def change(self, keep: PairedPeer | None, drop: list[str]) -> None:
+        """Drop the peers with the device ids ``drop`` and keep ``keep`` (added or replaced), in one change."""
+        ...
+
+
+class PairedPeers:
+    """The paired table, in memory and in its storage; every change is stored before it returns."""
+
+    def __init__(self, storage: PairedStorage) -> None:
+        self._storage = storage
         self._peers: dict[str, PairedPeer] = {}
         self._by_client: dict[str, PairedPeer] = {}
 
     def load(self) -> None:
-        """Read the table, if it is ours and only we can write it; a missing file is an empty table."""
-        try:
-            data = json.loads(self.path.read_text()) if check_owned(self.path, private=True) else []
-        except FileNotFoundError:
-            data = []
-        except (OSError, ValueError) as exc:
-            raise StateDirError(
-                f"the paired table {self.path} cannot be read ({exc}); restore it from a backup or remove it and "
-                "pair again"
-            ) from None
-        self._set([PairedPeer(**entry) for entry in data])
+        """Read the table from its storage."""
+        self._set(self._storage.load())
 
     def __iter__(self) -> Iterator[PairedPeer]:
         return iter(sorted(self._peers.values(), key=lambda peer: peer.name))
@@ -74,34 +75,22 @@ class PairedPeers:
 
     def add(self, peer: PairedPeer) -> None:
         """Add or replace a peer; a different device that had the same name is replaced (it was re-paired)."""
-        kept = [p for p in self._peers.values() if p.device_id != peer.device_id and p.name != peer.name]
-        self._save([*kept, peer])
+        gone = [p.device_id for p in self._peers.values() if p.device_id != peer.device_id and p.name == peer.name]
+        self._storage.change(peer, gone)
+        self._set([*(p for p in self._peers.values() if p.device_id not in gone), peer])
 
     def remove(self, device_id: str) -> None:
         """Forget a peer at once."""
-        self._save([p for p in self._peers.values() if p.device_id != device_id])
+        self._storage.change(None, [device_id])
+        self._set([p for p in self._peers.values() if p.device_id != device_id])
 
     def seen_at(self, device_id: str, address: str) -> None:
         """Remember where a paired peer was last seen."""
         peer = self._peers.get(device_id)
         if peer is not None and peer.address != address:
-            self._save([*(p for p in self._peers.values() if p.device_id != device_id), replace(peer, address=address)])
-
-    def _save(self, peers: list[PairedPeer]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        data = json.dumps([asdict(p) for p in sorted(peers, key=lambda p: p.name)], indent=1).encode()
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise StateDirError(
-                f"cannot write the paired table {self.path}: {exc.strerror}; free space or fix it"
-            ) from None
-        self._set(peers)
+            moved = replace(peer, address=address)
+            self._storage.change(moved, [])
+            self._set([*(p for p in self._peers.values() if p.device_id != device_id), moved])
 
     def _set(self, peers: list[PairedPeer]) -> None:
         self._peers = {p.device_id: p for p in peers}

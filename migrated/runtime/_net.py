@@ -18,9 +18,15 @@ from migrated.runtime import _home
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at every runner start
-    from typing import Any
+    from typing import Any, Protocol
 
-    from migrated.runtime._app import App
+    class _Handlers(Protocol):
+        """The app's network handlers (``App`` has them; this module needs no more of it)."""
+
+        def on_accept(self, conn: Conn) -> None: ...
+        def on_data(self, conn: Conn, data: bytes) -> None: ...
+        def on_close(self, conn: Conn) -> None: ...
+
 
 __all__ = [
     "Conn",
@@ -165,7 +171,7 @@ def rebuild_listener(id: str, port: int, host: str, closed: bool = False) -> Lis
 # -- what the runner calls
 
 
-def dispatch(app: App, header: dict[str, Any], data: bytes) -> None:
+def dispatch(app: _Handlers, header: dict[str, Any], data: bytes) -> None:
     """Deliver one network event ("accept", "data" or "close") to the app's handler."""
     kind, conn_id = header.get("type"), str(header.get("conn", ""))
     if kind == "accept":

@@ -60,6 +60,10 @@ class Kind(enum.IntEnum):
     ACK = 18  # runner -> daemon: {"session", "seq"}: every event up to seq was handled
     OUT = 19  # runner -> daemon: {"out", "op", ...args} + data: a network send or close, no reply
     OUT_ACK = 20  # daemon -> runner: {"out"}: the home applied every OUT up to this number
+    # Between daemons only, on the home link of an app that runs away from home (never to or from a runner):
+    CONSOLE = 21  # app's host -> home: {"session", "first", "sizes", "state", "reason", "pid"} + the lines, joined:
+    # console lines numbered from "first" in that daemon's "session", and how the app is doing there
+    CONSOLE_ACK = 22  # home -> app's host: {"session", "applied"}: every console line up to "applied" is kept
 
 
 class FrameError(ValueError):

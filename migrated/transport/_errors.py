@@ -1,4 +1,6 @@
-"""Map the exception tree onto gRPC: one server interceptor that turns errors into ``context.abort``."""
+"""The exception tree on gRPC, both ways: one server interceptor turns errors into ``context.abort``, and
+``error_of`` turns a failed call back into the error class it stands for (the command line's calls to its
+daemon and the daemon's calls to its peers alike), so callers catch classes, never match text."""
 
 from __future__ import annotations
 
@@ -9,9 +11,16 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from migrated.errors import MigError
+from migrated.errors import (
+    DaemonError,
+    MigError,
+    NotPairedError,
+    PeerError,
+    PeerUnreachableError,
+    error_class,
+)
 
-__all__ = ["ERROR_KEY", "ErrorInterceptor", "error_name", "status_of"]
+__all__ = ["ERROR_KEY", "ErrorInterceptor", "error_of", "status_of"]
 
 ERROR_KEY = "mig-error"
 log = logging.getLogger("migrated.transport")
@@ -22,10 +31,46 @@ def status_of(error: MigError) -> grpc.StatusCode:
     return grpc.StatusCode[error.grpc_status]
 
 
-def error_name(exc: grpc.aio.AioRpcError) -> str:
-    """The class of the ``MigError`` a peer's handler raised ("" when it was something else)."""
-    metadata: Any = exc.trailing_metadata() or ()
-    return next((str(value) for key, value in metadata if key == ERROR_KEY), "")
+def error_of(exc: grpc.RpcError, callee: str, *, local: bool = False) -> MigError:
+    """The error a failed call to ``callee`` stands for: the class the callee raised, or, when the call failed
+    on the way, a sentence about the way (``local``: the daemon of this host, over its Unix socket)."""
+    call: Any = exc if hasattr(exc, "code") else None  # a sync call, or an aio one (not a grpc.Call)
+    details = (call.details() if call is not None else None) or str(exc)
+    metadata: Any = (call.trailing_metadata() if call is not None else None) or ()
+    kind = next((str(value) for key, value in metadata if key == ERROR_KEY), "")
+    if kind:
+        return error_class(kind)(details)
+    code = call.code() if call is not None else None
+    if local:
+        return _local(code, callee, details)
+    return _remote(code, callee, details)
+
+
+def _local(code: grpc.StatusCode | None, callee: str, details: str) -> MigError:
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return DaemonError(f"the daemon for {callee} stopped answering ({details}); check mig status")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DaemonError(f"the daemon for {callee} did not answer in time; check mig status")
+    if code is grpc.StatusCode.CANCELLED:
+        return DaemonError("the request was cancelled")
+    return MigError(details)
+
+
+def _remote(code: grpc.StatusCode | None, callee: str, details: str) -> MigError:
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return PeerUnreachableError(
+            f"{callee} cannot be reached, or the connection to it was lost; check that its daemon runs and the "
+            "network between the hosts"
+        )
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return PeerUnreachableError(f"{callee} did not answer in time; check that its daemon runs")
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return NotPairedError(f"{callee} refused this host: {details}")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return PeerError(f"{callee} refused a message as too large: {details}")
+    if code is grpc.StatusCode.CANCELLED:
+        return PeerUnreachableError(f"the call to {callee} was cancelled")
+    return PeerError(f"{callee} failed the call ({code.name if code else 'unknown'}: {details})")
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from migrated.daemon._home import MAX_UNSENT, AppHome
+from migrated.daemon.home import MAX_UNSENT, AppHome
 from migrated.runtime._wire import Frame, Kind, encode_io, io_payload
 from tests.unit._recorder import WAIT, Recorder
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migrated.daemon import _console
+from migrated.daemon import _console_store
 from migrated.daemon._console import ConsoleLog, FileStore, MemoryStore
 
 # Output as a list of writes, each of whole lines ending with a newline (no carriage returns).
@@ -264,7 +264,7 @@ class FullDisk:
         self.full = False
         self.budget = 0
         self._write = os.write
-        monkeypatch.setattr(_console, "os", _Os(self))
+        monkeypatch.setattr(_console_store, "os", _Os(self))
 
     def __call__(self, fd: int, data: bytes | memoryview) -> int:
         if self.full:

@@ -8,8 +8,7 @@ import grpc
 import pytest
 
 from migrated import errors
-from migrated.daemon._moves import _failure
-from migrated.transport._errors import ERROR_KEY, status_of
+from migrated.transport._errors import ERROR_KEY, error_of, status_of
 
 ERROR_CLASSES = [getattr(errors, name) for name in errors.__all__ if name.endswith("Error")]
 
@@ -92,8 +91,8 @@ def test_an_error_is_its_message() -> None:
     ("code", "details", "error", "said"),
     [
         (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: ...", "", "cannot be reached"),
-        (grpc.StatusCode.UNAVAILABLE, "Stream removed (Socket closed)", "", "the connection to h1 was lost"),
-        (grpc.StatusCode.UNAVAILABLE, "recvmsg:Connection reset by peer (104)", "", "the connection to h1 was lost"),
+        (grpc.StatusCode.UNAVAILABLE, "Stream removed (Socket closed)", "", "the connection to it was lost"),
+        (grpc.StatusCode.UNAVAILABLE, "recvmsg:Connection reset by peer (104)", "", "the connection to it was lost"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", "", "h1 did not answer in time"),
         (grpc.StatusCode.UNAVAILABLE, "h1 is still starting", "PeerUnreachableError", "h1 is still starting"),
         (grpc.StatusCode.FAILED_PRECONDITION, "epoch 1 of 'sim' is stale on h1", "", "epoch 1 of 'sim' is stale"),
@@ -101,6 +100,6 @@ def test_an_error_is_its_message() -> None:
 )
 def test_a_failed_call_to_a_peer_is_said_in_words(code: grpc.StatusCode, details: str, error: str, said: str) -> None:
     trailing = grpc.aio.Metadata((ERROR_KEY, error)) if error else grpc.aio.Metadata()
-    text = _failure(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details, ""), "h1")
+    text = error_of(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details, ""), "h1").message
     assert said in text
     assert "addresses" not in text and "Socket" not in text and "recvmsg" not in text

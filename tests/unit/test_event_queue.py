@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migrated.daemon._home import Event, EventQueue
+from migrated.daemon.home._queue import Event, EventQueue
 from migrated.runtime._wire import Frame, Kind
 
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from migrated.daemon import _home_files
-from migrated.daemon._home_files import HomeFiles
+from migrated.daemon.home import _files as _home_files
+from migrated.daemon.home._files import HomeFiles
+from migrated.runtime import _fileops
 
 
 def _errno(files: HomeFiles, op: str, args: dict[str, Any], data: bytes = b"") -> int | None:
@@ -48,7 +49,7 @@ def test_malformed_calls_are_refused_with_einval(tmp_path: Path) -> None:
         ("file.open", {"path": "", "flags": ["read"]}),
         ("file.open", {"path": "f\0", "flags": ["read"]}),
         ("file.read", {"handle": handle, "offset": -1, "size": 1}),
-        ("file.read", {"handle": handle, "offset": 0, "size": _home_files.MAX_READ + 1}),
+        ("file.read", {"handle": handle, "offset": 0, "size": _fileops.MAX_READ + 1}),
         ("file.read", {"handle": "1", "offset": 0, "size": 1}),
         ("file.read", {"handle": True, "offset": 0, "size": 1}),
         ("file.write", {"handle": handle, "offset": "0"}),
@@ -100,6 +101,6 @@ def test_scandir_gives_each_entry_with_its_stats(tmp_path: Path) -> None:
     entries = {
         name: (lstat, target) for name, lstat, target in files.handle("os.scandir", {"path": "."}, b"")[0]["entries"]
     }
-    assert entries["f"][0] == _home_files.stat_list(os.lstat(tmp_path / "f")) and entries["f"][1] is None
-    assert entries["ok"][1] == _home_files.stat_list(os.stat(tmp_path / "f"))
+    assert entries["f"][0] == _fileops.stat_list(os.lstat(tmp_path / "f")) and entries["f"][1] is None
+    assert entries["ok"][1] == _fileops.stat_list(os.stat(tmp_path / "f"))
     assert entries["dangling"][1] is None and entries["dangling"][0][0] == os.lstat(tmp_path / "dangling").st_mode

@@ -28,13 +28,13 @@ import pytest
 
 from migrated import App
 from migrated.checkpoint import capture, restore
-from migrated.daemon._home_files import STAT_FIELDS, HomeFiles
+from migrated.daemon.home._files import HomeFiles
 from migrated.errors import UnserialisableStateError
-from migrated.runtime import _files, _wire
+from migrated.runtime import _fileops, _files, _files_proxy, _files_raw, _wire
 from migrated.runtime._home import Home
 
 REPO = Path(__file__).resolve().parents[2]
-ORIGINALS = {name: getattr(os, name) for name in (*_files._OS_NAMES, "listxattr")}
+ORIGINALS = {name: getattr(os, name) for name in (*_files_proxy.OS_NAMES, "listxattr")}
 ORIGINAL_OPEN, ORIGINAL_TOUCH, ORIGINAL_RMTREE = builtins.open, pathlib.Path.touch, shutil.rmtree
 
 
@@ -46,6 +46,7 @@ class LazyLink:
         self.decoder = _wire.FrameDecoder()
         self.pending: list[tuple[dict[str, Any], bytes]] = []
         self.ops: Counter[str] = Counter()
+        self.answered: dict[str, set[str]] = {}  # op -> the fields of its answers
         self.waits = 0
         self.most_pending_writes = 0
 
@@ -76,6 +77,7 @@ class LazyLink:
                 if isinstance(exc.filename, str):
                     failure["filename"] = exc.filename
                 return _wire.io_payload({"id": header["id"], **failure})
+        self.answered.setdefault(header["op"], set()).update(result)
         return _wire.io_payload({**result, "id": header["id"]}, out)
 
 
@@ -302,7 +304,7 @@ def test_write_behind_is_bounded(rig: Rig) -> None:
     with open("big.bin", "wb") as f:
         for _ in range(24):
             f.write(b"x" * (1024 * 1024))
-    assert rig.link.most_pending_writes <= _files.MAX_IN_FLIGHT + _files.WRITE_CHUNK
+    assert rig.link.most_pending_writes <= _files_raw.MAX_IN_FLIGHT + _files_raw.WRITE_CHUNK
     assert real((rig.home / "big.bin").stat).st_size == 24 * 1024 * 1024
 
 
@@ -332,13 +334,13 @@ def test_sequential_reads_fetch_blocks_ahead(rig: Rig) -> None:
     with open("in.bin", "rb") as f:
         first = f.read(4096)
         posted_ahead = [h for h, _ in rig.link.pending if h["op"] == "file.read"]
-        ahead = [_files.READ_BLOCK * n for n in range(1, _files.READ_AHEAD + 1)]
+        ahead = [_files_raw.READ_BLOCK * n for n in range(1, _files_raw.READ_AHEAD + 1)]
         assert [h["offset"] for h in posted_ahead] == ahead  # asked before read() returned
         parts = [first]
         while part := f.read(4096):
             parts.append(part)
     assert b"".join(parts) == data
-    assert rig.link.ops["file.read"] <= 6 + _files.READ_AHEAD  # 4 KiB reads would take 1280 calls
+    assert rig.link.ops["file.read"] <= 6 + _files_raw.READ_AHEAD  # 4 KiB reads would take 1280 calls
     assert rig.line._replies == {}  # no answer left behind
 
 
@@ -347,7 +349,7 @@ def test_a_seek_discards_the_read_ahead(rig: Rig) -> None:
     real((rig.home / "in.bin").write_bytes, data)
     with open("in.bin", "rb") as f:
         assert f.read(10) == data[:10]
-        ahead = [_files.READ_BLOCK * n for n in range(1, _files.READ_AHEAD + 1)]
+        ahead = [_files_raw.READ_BLOCK * n for n in range(1, _files_raw.READ_AHEAD + 1)]
         assert [h["offset"] for h, _ in rig.link.pending if h["op"] == "file.read"] == ahead
         far = 3 * 1024 * 1024 + 5
         real((rig.home / "in.bin").write_bytes, data[:far] + b"changed" + data[far + 7 :])
@@ -363,7 +365,7 @@ def test_read_whole_file_and_readinto(rig: Rig) -> None:
     data = os.urandom(40 * 1024 * 1024 + 3)
     real((rig.home / "in.bin").write_bytes, data)
     assert Path("in.bin").read_bytes() == data
-    assert rig.link.ops["file.read"] <= 4 + _files.READ_AHEAD  # 16 MiB blocks, and those asked ahead
+    assert rig.link.ops["file.read"] <= 4 + _files_raw.READ_AHEAD  # 16 MiB blocks, and those asked ahead
     with open("in.bin", "rb", buffering=0) as raw:
         buffer = bytearray(10)
         assert raw.readinto(buffer) == 10 and bytes(buffer) == data[:10]
@@ -552,8 +554,32 @@ def test_shutil_copies_moves_and_removes_at_home(rig: Rig) -> None:
     assert seen == [("nothing", FileNotFoundError)] * 4  # scandir, then rmdir, each way
 
 
-def test_stat_fields_travel_in_the_same_order() -> None:
-    assert _files.STAT_FIELDS == STAT_FIELDS
+def test_the_proxy_sends_every_call_of_the_table_and_the_home_answers_as_it_says(rig: Rig) -> None:
+    """The table of file calls cannot drift from the runner: each call in it is one the proxy sends, and the
+    home's answer to it holds exactly the fields the table names."""
+    os.mkdir("d")
+    os.chdir("d")
+    with open("f", "w+b") as f:
+        f.write(b"abcdef")
+        assert f.seek(0, os.SEEK_END) == 6  # the size at home
+        f.truncate(3)
+        f.seek(0)
+        assert f.read() == b"abc"
+    assert os.stat("f").st_size == 3 and os.listdir(".") == ["f"] and [e.name for e in os.scandir()] == ["f"]
+    assert os.access("f", os.R_OK)
+    os.utime("f", (1, 2))
+    os.truncate("f", 1)
+    os.chmod("f", 0o600)
+    real(os.symlink, "f", rig.home / "d" / "link")
+    assert os.readlink("link") == "f"
+    os.rename("link", "link2")
+    os.replace("link2", "link3")
+    os.unlink("link3")
+    os.remove("f")
+    os.chdir("..")
+    os.rmdir("d")
+    assert set(rig.link.ops) == set(_fileops.CALLS)
+    assert rig.link.answered == {op: set(call.answer) for op, call in _fileops.CALLS.items()}
 
 
 # -- open files in checkpoints

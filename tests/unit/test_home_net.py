@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from migrated.daemon._home_net import NetHome
+from migrated.daemon.home._net import NetHome
 from tests.unit._recorder import WAIT, Recorder
 
 LOCAL = "127.0.0.1"

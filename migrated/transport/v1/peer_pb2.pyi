@@ -670,71 +670,10 @@ class CloseAwayReply(_message.Message):
 Global___CloseAwayReply: _TypeAlias = CloseAwayReply  # noqa: Y015
 
 @_typing.final
-class ConsoleAppendRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    APP_FIELD_NUMBER: _builtins.int
-    EPOCH_FIELD_NUMBER: _builtins.int
-    FIRST_SEQ_FIELD_NUMBER: _builtins.int
-    LINES_FIELD_NUMBER: _builtins.int
-    SESSION_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    app: _builtins.str
-    epoch: _builtins.int
-    first_seq: _builtins.int
-    """the sender's sequence number of the first line; the home applies each once"""
-    session: _builtins.float
-    """when the sender's daemon started: its console numbering starts anew with it"""
-    state: _builtins.str
-    """the app's state on the sender (running, crashed, exited, closed, ...)"""
-    reason: _builtins.str
-    """why it ended there, when it did"""
-    @_builtins.property
-    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
-    def __init__(
-        self,
-        *,
-        app: _builtins.str = ...,
-        epoch: _builtins.int = ...,
-        first_seq: _builtins.int = ...,
-        lines: _abc.Iterable[_builtins.bytes] | None = ...,
-        session: _builtins.float = ...,
-        state: _builtins.str = ...,
-        reason: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "epoch", b"epoch", "first_seq", b"first_seq", "lines", b"lines", "reason", b"reason", "session", b"session", "state", b"state"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ConsoleAppendRequest: _TypeAlias = ConsoleAppendRequest  # noqa: Y015
-
-@_typing.final
-class ConsoleAppendReply(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    APPLIED_TO_FIELD_NUMBER: _builtins.int
-    applied_to: _builtins.int
-    """the last sequence number the home has"""
-    def __init__(
-        self,
-        *,
-        applied_to: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_to", b"applied_to"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ConsoleAppendReply: _TypeAlias = ConsoleAppendReply  # noqa: Y015
-
-@_typing.final
 class IoFrame(_message.Message):
     """Home I/O of an app that runs on the caller while this host is its home: the runner's frames (see
-    migrated/runtime/_wire.py: IO, OUT and ACK up; IO_REPLY, EVENT and OUT_ACK down), relayed as they are.
+    migrated/runtime/_wire.py: IO, OUT and ACK up; IO_REPLY, EVENT and OUT_ACK down), relayed as they are, and
+    the app's console, numbered by the caller's console (CONSOLE up, CONSOLE_ACK down): one numbered channel.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

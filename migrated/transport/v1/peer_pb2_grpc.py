@@ -193,11 +193,6 @@ class PeerStub:
                 request_serializer=migrated_dot_v1_dot_peer__pb2.DecisionRequest.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_peer__pb2.DecisionReply.FromString,
                 _registered_method=True)
-        self.ConsoleAppend = channel.unary_unary(
-                '/migrated.v1.Peer/ConsoleAppend',
-                request_serializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.SerializeToString,
-                response_deserializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.FromString,
-                _registered_method=True)
         self.CloseAway = channel.unary_unary(
                 '/migrated.v1.Peer/CloseAway',
                 request_serializer=migrated_dot_v1_dot_peer__pb2.CloseAwayRequest.SerializeToString,
@@ -262,12 +257,6 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ConsoleAppend(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def CloseAway(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -322,11 +311,6 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Decision,
                     request_deserializer=migrated_dot_v1_dot_peer__pb2.DecisionRequest.FromString,
                     response_serializer=migrated_dot_v1_dot_peer__pb2.DecisionReply.SerializeToString,
-            ),
-            'ConsoleAppend': grpc.unary_unary_rpc_method_handler(
-                    servicer.ConsoleAppend,
-                    request_deserializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.FromString,
-                    response_serializer=migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.SerializeToString,
             ),
             'CloseAway': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseAway,
@@ -556,33 +540,6 @@ class Peer:
             '/migrated.v1.Peer/Decision',
             migrated_dot_v1_dot_peer__pb2.DecisionRequest.SerializeToString,
             migrated_dot_v1_dot_peer__pb2.DecisionReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ConsoleAppend(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/migrated.v1.Peer/ConsoleAppend',
-            migrated_dot_v1_dot_peer__pb2.ConsoleAppendRequest.SerializeToString,
-            migrated_dot_v1_dot_peer__pb2.ConsoleAppendReply.FromString,
             options,
             channel_credentials,
             insecure,

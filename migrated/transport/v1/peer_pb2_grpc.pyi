@@ -78,7 +78,6 @@ class PeerStub:
     Commit: _grpc.UnaryUnaryMultiCallable[_peer_pb2.CommitRequest, _peer_pb2.CommitReply]
     Abort: _grpc.UnaryUnaryMultiCallable[_peer_pb2.AbortRequest, _peer_pb2.AbortReply]
     Decision: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DecisionRequest, _peer_pb2.DecisionReply]
-    ConsoleAppend: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ConsoleAppendRequest, _peer_pb2.ConsoleAppendReply]
     CloseAway: _grpc.UnaryUnaryMultiCallable[_peer_pb2.CloseAwayRequest, _peer_pb2.CloseAwayReply]
     HomeLink: _grpc.StreamStreamMultiCallable[_peer_pb2.LinkUp, _peer_pb2.LinkDown]
 
@@ -95,7 +94,6 @@ class PeerAsyncStub(PeerStub):
     Commit: _aio.UnaryUnaryMultiCallable[_peer_pb2.CommitRequest, _peer_pb2.CommitReply]  # type: ignore[assignment]
     Abort: _aio.UnaryUnaryMultiCallable[_peer_pb2.AbortRequest, _peer_pb2.AbortReply]  # type: ignore[assignment]
     Decision: _aio.UnaryUnaryMultiCallable[_peer_pb2.DecisionRequest, _peer_pb2.DecisionReply]  # type: ignore[assignment]
-    ConsoleAppend: _aio.UnaryUnaryMultiCallable[_peer_pb2.ConsoleAppendRequest, _peer_pb2.ConsoleAppendReply]  # type: ignore[assignment]
     CloseAway: _aio.UnaryUnaryMultiCallable[_peer_pb2.CloseAwayRequest, _peer_pb2.CloseAwayReply]  # type: ignore[assignment]
     HomeLink: _aio.StreamStreamMultiCallable[_peer_pb2.LinkUp, _peer_pb2.LinkDown]  # type: ignore[assignment]
 
@@ -157,13 +155,6 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.DecisionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.DecisionReply, _abc.Awaitable[_peer_pb2.DecisionReply]]: ...
-
-    @_abc_1.abstractmethod
-    def ConsoleAppend(
-        self,
-        request: _peer_pb2.ConsoleAppendRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_peer_pb2.ConsoleAppendReply, _abc.Awaitable[_peer_pb2.ConsoleAppendReply]]: ...
 
     @_abc_1.abstractmethod
     def CloseAway(
