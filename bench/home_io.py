@@ -1,7 +1,7 @@
 """Home I/O: what an app's console, files and network cost when it runs away from its home host, each figure
 beside the same thing at home and beside the raw limit between the same namespaces, measured in the same run.
 
-A namespace test bed of three hosts (``tests.test_home_io.Bed``: h0 is home; h1 and h2 see an empty tmpfs over
+A namespace test bed of three hosts (``tests.netbed.HomeBed``: h0 is home; h1 and h2 see an empty tmpfs over
 the home's folder, so whatever an app on them writes to its own disk is visible there, and the bench checks that
 nothing was). The apps are started at home with ``mig run`` from the home folder (a temporary folder under /tmp,
 on the local disk), and either stay on h0 or are moved to h1 with ``mig move`` before they start their work:
@@ -652,7 +652,7 @@ def stream_limit(bed: NetBed, total_mib: int, repeats: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def home_bed() -> Iterator[Home]:
-    from tests.test_home_io import Bed
+    from tests.netbed import HomeBed as Bed
 
     folder = Path(tempfile.mkdtemp(prefix="mig-home-", dir="/tmp"))
     try:

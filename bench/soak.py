@@ -91,9 +91,9 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 
 from bench._common import RESULTS_DIR, machine_info
-from tests.conftest import RUNNER_MODULE, runner_pids, wait_until
-from tests.netbed import NetBed, NetBedError, netbed_available
-from tests.test_move_faults import Background, FaultDaemon, pair, start_bed
+from tests.helpers import RUNNER_MODULE, Background, pair, runner_pids, wait_until
+from tests.netbed import BedDaemon as FaultDaemon
+from tests.netbed import NetBed, NetBedError, netbed_available, start_bed
 
 APP = """
 import os

@@ -1,38 +1,31 @@
 """Fixtures that run real daemons and the real ``mig`` command line, as a user would.
 
 State directories are short ``/tmp/mig*`` paths: the control socket path must fit in 107 bytes, which
-pytest's ``tmp_path`` does not promise.
+pytest's ``tmp_path`` does not promise. What a test does with a daemon is ``tests.helpers.BaseDaemon``; the
+daemons of a namespace bed are ``tests.netbed``'s.
+
+Unit tests (pure logic, fakes allowed) and integration tests (real daemons, real processes) of a package sit
+side by side in its folder; the integration ones are marked ``integration`` (``-m "not integration"`` runs only
+the unit tests): every test that uses one of ``INTEGRATION_FIXTURES``, and the modules that start processes
+themselves, which say so.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import textwrap
-import threading
-import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
 
-import psutil  # type: ignore[import-untyped]
 import pytest
 from hypothesis import settings
 
+from tests.helpers import MIGRATED, START_TIMEOUT, Background, BaseDaemon, mig, new_state_dir, wait_until
 from tests.netbed import module_netbeds, netbeds  # noqa: F401 - multi-host fixtures (network namespaces)
-
-T = TypeVar("T")
-
-MIG = shutil.which("mig") or str(Path(sys.executable).with_name("mig"))
-MIGRATED = shutil.which("migrated") or str(Path(sys.executable).with_name("migrated"))
-RUNNER_MODULE = "migrated.runtime._runner"
-START_TIMEOUT = 20.0
 
 # Hypothesis checks what holds, not how fast: its per-example deadline fails tests on a loaded 2-core machine.
 settings.register_profile("migrated", deadline=None)
@@ -42,181 +35,52 @@ settings.load_profile("migrated")
 # mDNS; the network tests (netbed) give their daemons flags of their own.
 os.environ["MIGRATED_LISTEN"] = "127.0.0.1:0"
 os.environ["MIGRATED_MDNS"] = "0"
-STOP_TIMEOUT = 20.0
+
+INTEGRATION_FIXTURES = {"daemons", "daemon", "shared_daemon", "module_daemons", "netbeds", "module_netbeds"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes several seconds (waits out a grace period, large output)")
+    config.addinivalue_line("markers", "integration: runs real daemons or other processes (not a unit test)")
 
 
-class Result(NamedTuple):
-    """What one ``mig`` invocation did."""
-
-    code: int
-    out: str
-    err: str
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
-def mig(
-    *args: str,
-    dir: Path | str,
-    input: str | None = None,
-    check: int | None = 0,
-    cwd: Path | str | None = None,
-    autostart: bool = False,
-    env: dict[str, str] | None = None,
-    timeout: float = 30.0,
-) -> Result:
-    """Run the real ``mig`` with ``MIG_DIR=dir``; assert its exit code is ``check`` unless that is None."""
-    full_env = {**os.environ, "MIG_DIR": str(dir), **(env or {})}
-    full_env.pop("MIG_NO_AUTOSTART", None)
-    if not autostart:
-        full_env["MIG_NO_AUTOSTART"] = "1"
-    proc = subprocess.run(
-        [MIG, *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
-    result = Result(proc.returncode, proc.stdout, proc.stderr)
-    if check is not None:
-        assert result.code == check, f"mig {' '.join(args)} exited {result.code}, expected {check}: {result}"
-    return result
+class Daemon(BaseDaemon):
+    """A daemon on this host's loopback, started by a fixture (its stderr in DIR/stderr.log) or by mig's
+    autostart (DIR/daemon.log)."""
 
-
-def wait_until(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something true; return that, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate!r}; last value {value!r}")
-        time.sleep(interval)
-
-
-def new_state_dir() -> Path:
-    """A fresh, short state directory path under /tmp."""
-    return Path(tempfile.mkdtemp(prefix="mig", dir="/tmp"))
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) process."""
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def runner_pids(daemon_pid: int) -> set[int]:
-    """Live runner processes that belong to the daemon ``daemon_pid`` (its children, or tagged with its pid)."""
-    found: set[int] = set()
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
-        with contextlib.suppress(psutil.Error):
-            if RUNNER_MODULE not in " ".join(proc.info["cmdline"] or ()):
-                continue
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.info["ppid"] == daemon_pid or proc.environ().get("MIG_DAEMON_PID") == str(daemon_pid):
-                found.add(proc.info["pid"])
-    return found
-
-
-class Daemon:
-    """A real daemon on a state directory, started by a fixture or by mig's autostart."""
+    stop_request = "mig shutdown"
 
     def __init__(self, state_dir: Path, pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-        self.dir = state_dir
-        self.pid = pid
-        self.proc = proc
-        self.log = state_dir / ("stderr.log" if proc is not None else "daemon.log")
+        super().__init__(state_dir, state_dir / ("stderr.log" if proc is not None else "daemon.log"), proc, pid)
+        self._identity: dict[str, str] = {}
 
-    def mig(self, *args: str, **kwargs: Any) -> Result:
-        """Run ``mig`` against this daemon."""
-        return mig(*args, dir=self.dir, **kwargs)
+    def _status_once(self, key: str) -> str:
+        """``mig status``'s ``key``, asked once: its name and address stay as long as the process."""
+        if not self._identity:
+            status = self.status()
+            self._identity = {"host": str(status["host"]), "listen": str(status["listen"])}
+        return self._identity[key]
 
-    def ps(self) -> dict[str, dict[str, Any]]:
-        """``mig ps --json`` by app name."""
-        return {app["name"]: app for app in json.loads(self.mig("ps", "--json").out)}
+    @property
+    def name(self) -> str:
+        return self._status_once("host")
 
-    def app(self, name: str) -> dict[str, Any]:
-        """One app as ``mig ps --json`` shows it."""
-        apps = self.ps()
-        assert name in apps, f"{name} is not in mig ps: {sorted(apps)}"
-        return apps[name]
+    @property
+    def address(self) -> str:
+        """The peer port, ``127.0.0.1:PORT`` (fixture daemons listen on loopback, on a port of their choice)."""
+        address = self._status_once("listen")
+        assert address.startswith("127.0.0.1:"), address
+        return address
 
-    def logs(self, name: str, *args: str) -> str:
-        """``mig logs NAME``."""
-        return self.mig("logs", name, *args).out
-
-    def wait_state(self, name: str, *states: str, timeout: float = 15.0) -> dict[str, Any]:
-        """Wait until the app is in one of ``states``; return its ps entry."""
-
-        def app_in_state() -> dict[str, Any] | None:
-            app = self.app(name)
-            return app if app["state"] in states else None
-
-        return wait_until(app_in_state, timeout, what=f"{name} to be {' or '.join(states)}")
-
-    def wait_logs(self, name: str, text: str, timeout: float = 15.0) -> str:
-        """Wait until ``mig logs NAME`` contains ``text``; return the logs."""
-
-        def logs_with_text() -> str:
-            out = self.logs(name)
-            return out if text in out else ""
-
-        return wait_until(logs_with_text, timeout, what=f"{text!r} in the logs of {name}")
-
-    def alive(self) -> bool:
-        """Whether the daemon process still runs."""
-        if self.proc is not None:
-            return self.proc.poll() is None
-        return pid_alive(self.pid)
-
-    def stderr_log(self) -> str:
-        """What the daemon wrote to its stderr (fixture daemons) or daemon.log (autostarted ones)."""
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> list[str]:
-        """Shut the daemon down; return the problems seen (it would not stop, runners left over)."""
-        problems = []
-        runners = runner_pids(self.pid)
-        if self.alive():
-            result = self.mig("shutdown", check=None)
-            if result.code != 0:
-                problems.append(f"mig shutdown failed: {result}")
-            try:
-                wait_until(lambda: not self.alive(), STOP_TIMEOUT, what="the daemon to exit")
-            except AssertionError:
-                problems.append(f"the daemon (pid {self.pid}) did not exit after mig shutdown; killed it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(STOP_TIMEOUT)
-        if "Traceback" in (log := self.stderr_log()):
-            problems.append(f"the daemon logged a traceback:\n{log[log.index('Traceback') :][:3000]}")
-
-        # A runner must never outlive its daemon; give the kernel a moment to deliver the death signal.
-        def leftover() -> set[int]:
-            return {pid for pid in runners | runner_pids(self.pid) if pid_alive(pid)}
-
-        with contextlib.suppress(AssertionError):
-            wait_until(lambda: not leftover(), 3.0)
-        left = leftover()
-        if left:
-            problems.append(f"runner processes {sorted(left)} of daemon {self.pid} outlived it")
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        return problems
+    def _ask_to_stop(self) -> str:
+        result = self.mig("shutdown", check=None)
+        return "" if result.code == 0 else f"mig shutdown failed: {result}"
 
 
 class Daemons:
@@ -231,6 +95,16 @@ class Daemons:
         """A fresh state directory removed at teardown."""
         path = new_state_dir()
         self.dirs.append(path)
+        return path
+
+    def tmpfs(self, options: str) -> Path:
+        """A tmpfs mounted with ``options`` on a fresh directory (needs root), unmounted at teardown once every
+        daemon stopped: lazily, as a daemon of a namespace bed torn down later may still hold it."""
+        if os.geteuid() != 0:
+            pytest.fail("this test mounts a tmpfs, which needs root: run the suite as root (README, Setup)")
+        path = self.new_dir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+        self.mounts.append(path)
         return path
 
     def spawn(self, *args: str, state_dir: Path | None = None) -> subprocess.Popen[bytes]:
@@ -265,10 +139,13 @@ class Daemons:
         return daemon
 
     def close(self) -> list[str]:
-        """Stop every daemon, unmount, remove the directories; return the problems seen."""
-        problems = [problem for daemon in self.daemons for problem in daemon.stop()]
+        """Stop every daemon, unmount, remove the directories; return the problems seen. The daemons stop at
+        once: one after the other, a host with a visitor would wait out its flush to a home already stopped."""
+        with ThreadPoolExecutor(max(1, len(self.daemons))) as pool:
+            stopped = list(pool.map(lambda daemon: daemon.stop(), self.daemons))
+        problems = [problem for found in stopped for problem in found]
         for mount in self.mounts:
-            subprocess.run(["umount", str(mount)], check=False)
+            subprocess.run(["umount", "-l", str(mount)], check=False)
         for path in self.dirs:
             shutil.rmtree(path, ignore_errors=True)
         return problems
@@ -330,95 +207,29 @@ def app_dir(tmp_path: Path) -> AppDir:
     return AppDir(path)
 
 
-class Attached:
-    """``mig attach`` (or ``mig repl``) in a subprocess, its stdin a pipe and its output collected."""
-
-    def __init__(self, daemon: Daemon, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [MIG, "--dir", str(daemon.dir), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.out = bytearray()
-        self.err = b""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while chunk := os.read(self.proc.stdout.fileno(), 65536):
-            self.out += chunk
-
-    @property
-    def text(self) -> str:
-        return self.out.decode(errors="replace")
-
-    def wait_for(self, text: str, timeout: float = 15.0) -> None:
-        wait_until(lambda: text in self.text, timeout, what=f"{text!r} in the attached output")
-
-    def type(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def finish(self, timeout: float = 15.0) -> int:
-        """Wait for mig to end (closing its stdin first); return its exit code."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        assert self.proc.stderr is not None
-        self.err = self.proc.stderr.read()
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
-def attached() -> Iterator[Callable[..., Attached]]:
-    """Start ``mig attach``-like sessions; any still running at teardown is killed."""
-    started: list[Attached] = []
+def background() -> Iterator[Callable[..., Background]]:
+    """Start ``mig`` commands that run while the test goes on, ``background(daemon, "move", ...)``; any still
+    running at teardown is killed."""
+    started: list[Background] = []
 
-    def start(daemon: Daemon, *args: str) -> Attached:
-        started.append(Attached(daemon, *args))
+    def start(daemon: BaseDaemon, *args: str) -> Background:
+        started.append(Background(daemon, *args))
         return started[-1]
 
     yield start
-    for session in started:
-        session.kill()
+    for command in started:
+        command.kill()
 
 
-# Apps that several test modules use.
+@pytest.fixture
+def attached(background: Callable[..., Background]) -> Callable[..., Background]:
+    """``background`` as the console tests call it: ``attached(daemon, "attach", NAME)`` or ``"repl"``."""
+    return background
 
-ECHO_APP = """
-    import migrated
 
-    class Echo(migrated.App):
-        def start(self):
-            print("started")
-
-        def on_input(self, line):
-            print(f"got {line}")
-            if line == "quit":
-                self.exit(0)
-
-        def on_stop(self):
-            print("on_stop ran")
-"""
-
-TICKER_APP = """
-    import migrated
-
-    class Ticker(migrated.App):
-        def start(self):
-            self.n = 0
-
-        def step(self):
-            self.n += 1
-            print(f"tick {self.n}")
-            return 0.05
-"""
+@pytest.fixture
+def tmpfs(daemons: Daemons) -> Callable[[str], Path]:
+    """Mount tmpfs file systems on fresh short directories, ``tmpfs("size=48m,mode=0700")``; needs root.
+    They are unmounted once the test's daemons stopped."""
+    return daemons.tmpfs

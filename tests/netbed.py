@@ -12,6 +12,10 @@ namespaces, so bed traffic never leaves them. ``<pid>`` is the creating process;
 removed (its processes killed, its namespaces deleted, its state directories removed) the next time a bed is
 built, or by ``cleanup_stale()``. Each bed keeps a record in ``/run/migbed/`` for that and for ``scripts/netbed
 list``.
+
+A daemon of a bed is a ``BedDaemon``: what a test does with it is ``tests.helpers.BaseDaemon``'s, as for the
+loopback daemons of ``tests/conftest.py``; what is its own here is the namespace (and a mount namespace, a fault
+point). ``start_bed`` starts the bed most multi-host tests use, ``HomeBed`` the one of the home I/O tests.
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import (
+    MIG,
+    MIGRATED,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    BaseDaemon,
+    pair,
+    pid_alive,
+    wait_until,
+)
+
 __all__ = [
     "MIG",
     "MIGRATED",
@@ -44,6 +59,7 @@ __all__ = [
     "PREFIX",
     "RECORD_DIR",
     "BedDaemon",
+    "HomeBed",
     "Host",
     "NetBed",
     "NetBedError",
@@ -56,16 +72,13 @@ __all__ = [
     "netbeds",
     "pid_alive",
     "require_netbed",
+    "start_bed",
 ]
 
 PREFIX = "migbed-"
 PEER_PORT = 7464
 RECORD_DIR = Path("/run/migbed")
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
-BIN = Path(sys.executable).parent
-MIGRATED = str(BIN / "migrated") if (BIN / "migrated").exists() else shutil.which("migrated") or "migrated"
-MIG = str(BIN / "mig") if (BIN / "mig").exists() else shutil.which("mig") or "mig"
+FAULT = "MIGRATED_FAULT_PAUSE"
 
 
 class NetBedError(Exception):
@@ -83,15 +96,6 @@ def _ip(*args: str, input: str | None = None) -> str:
 def _batch(lines: Sequence[str], ns: str | None = None, *, force: bool = False) -> None:
     """Run ``ip`` commands in one process, inside ``ns`` when given."""
     _ip(*(["-n", ns] if ns else []), *(["-force"] if force else []), "-batch", "-", input="\n".join(lines) + "\n")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def list_netns() -> list[str]:
@@ -269,39 +273,66 @@ def _daemon_env(state_dir: Path) -> dict[str, str]:
     return {**env, "MIG_DIR": str(state_dir)}
 
 
-class BedDaemon:
-    """A real ``migrated`` inside one host's namespace, listening on the host's address."""
+class BedDaemon(BaseDaemon):
+    """A real ``migrated`` inside one host's namespace, listening on the host's address.
 
-    def __init__(self, bed: NetBed, host: Host, state_dir: Path, args: Sequence[str]) -> None:
+    With ``fault``, it starts with ``MIGRATED_FAULT_PAUSE=fault``: it logs ``paused at POINT`` when a move reaches
+    that step and waits there for ever (``paused``), until it is killed; ``revive`` starts it again without. With
+    ``private``, it sees that folder as an empty disk of its own (``ls``), in a mount namespace of its own.
+    """
+
+    stop_request = "SIGTERM"
+
+    def __init__(
+        self,
+        bed: NetBed,
+        host: Host,
+        state_dir: Path,
+        args: Sequence[str],
+        *,
+        fault: str = "",
+        private: Path | None = None,
+    ) -> None:
+        super().__init__(state_dir, state_dir / "stderr.log")
         self.bed = bed
         self.host = host
-        self.dir = state_dir
         self.args = tuple(args)
-        self.log = state_dir / "stderr.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.fault = fault
+        self.private = private
         self._ready_fd = -1
 
     def __repr__(self) -> str:
         return f"<BedDaemon {self.host.name} pid {self.proc.pid if self.proc else None} {self.dir}>"
 
     @property
-    def pid(self) -> int:
-        """The daemon's pid."""
-        assert self.proc is not None
-        return self.proc.pid
+    def where(self) -> str:
+        return self.host.name
+
+    @property
+    def name(self) -> str:
+        return self.host.name
 
     @property
     def address(self) -> str:
         """The peer port, ``ADDR:PORT``."""
         return f"{self.host.addr}:{PEER_PORT}"
 
+    def _ask_to_stop(self) -> str:
+        assert self.proc is not None
+        self.proc.terminate()
+        return ""
+
     def _env(self) -> dict[str, str]:
-        """The daemon's environment (a subclass may add to it)."""
-        return _daemon_env(self.dir)
+        env = _daemon_env(self.dir)  # stripped of MIGRATED_* variables; the fault point is added back
+        if self.fault:
+            env[FAULT] = self.fault
+        return env
 
     def _command(self, argv: list[str]) -> list[str]:
-        """The daemon's command line (a subclass may wrap it, e.g. in a mount namespace of its own)."""
-        return argv
+        if self.private is None:
+            return argv
+        mount = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, str(self.private), *argv]
 
     def _spawn(self) -> None:
         argv = [MIGRATED, "--dir", str(self.dir), "--name", self.host.name, "--listen", self.address]
@@ -350,46 +381,6 @@ class BedDaemon:
             os.close(self._ready_fd)
             self._ready_fd = -1
 
-    def mig(
-        self, *args: str, check: int | None = 0, input: str | None = None, timeout: float = 30.0
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``mig ARGS`` against this daemon (over its Unix socket, from the root namespace)."""
-        env = {**_daemon_env(self.dir), "MIG_NO_AUTOSTART": "1"}
-        proc = subprocess.run(
-            [MIG, *args], input=input, capture_output=True, text=True, env=env, timeout=timeout, check=False
-        )
-        if check is not None and proc.returncode != check:
-            raise AssertionError(
-                f"mig {' '.join(args)} on {self.host.name} exited {proc.returncode}, expected {check}\n"
-                f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
-            )
-        return proc
-
-    def alive(self) -> bool:
-        """Whether the daemon process still runs."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig``; for SIGKILL, also wait until it is dead."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(sig)
-            if sig == signal.SIGKILL:
-                self.proc.wait(STOP_TIMEOUT)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL; return the exit code."""
-        if self.proc is None:
-            return None
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        return self.proc.returncode
-
     def restart(self, *extra_args: str, timeout: float = START_TIMEOUT) -> BedDaemon:
         """Stop the daemon if it runs, start it again on the same state directory (with ``extra_args``, if given,
         instead of the first ones) and wait until it is ready."""
@@ -401,12 +392,23 @@ class BedDaemon:
         self._wait_ready(timeout)
         return self
 
-    def stderr_log(self) -> str:
-        """What the daemon wrote to stderr, over all its starts."""
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
+    def paused(self, point: str, timeout: float = 30.0) -> None:
+        """Wait until the daemon stopped at the fault point ``point``."""
+        wait_until(
+            lambda: f"paused at {point}" in self.stderr_log(), timeout, what=f"{self.host.name} to pause at {point}"
+        )
+
+    def revive(self) -> None:
+        """Start the daemon again on its state directory, without its fault point."""
+        self.fault = ""
+        self.restart()
+
+    def ls(self, path: Path) -> list[str]:
+        """What this daemon sees in ``path`` (in its own mount namespace)."""
+        out = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "ls", "-A", str(path)], capture_output=True, text=True, check=True
+        )
+        return out.stdout.split()
 
 
 class NetBed:
@@ -483,17 +485,45 @@ class NetBed:
         daemon._wait_ready(timeout)
         return daemon
 
-    def start_daemons(self, *extra_args: str, timeout: float = START_TIMEOUT) -> list[BedDaemon]:
-        """Start a daemon on every host at once; wait until all are ready."""
-        started = [self._spawn_daemon(host, extra_args) for host in self.hosts]
+    def start_daemons(
+        self,
+        *extra_args: str,
+        timeout: float = START_TIMEOUT,
+        args: dict[str, Sequence[str]] | None = None,
+        dirs: dict[str, Path] | None = None,
+        faults: dict[str, str] | None = None,
+        private: dict[str, Path] | None = None,
+    ) -> list[BedDaemon]:
+        """Start a daemon on every host at once, with ``extra_args``; wait until all are ready. By host name,
+        ``args`` gives some more flags, ``dirs`` a state directory, ``faults`` a fault point and ``private`` a
+        folder seen as an empty disk of their own (see ``BedDaemon``)."""
+        started = [
+            self._spawn_daemon(
+                host,
+                (*extra_args, *(args or {}).get(host.name, ())),
+                (dirs or {}).get(host.name),
+                fault=(faults or {}).get(host.name, ""),
+                private=(private or {}).get(host.name),
+            )
+            for host in self.hosts
+        ]
         for daemon in started:
             daemon._wait_ready(timeout)
         return started
 
-    def _spawn_daemon(self, host: Host, extra_args: Sequence[str]) -> BedDaemon:
+    def _spawn_daemon(
+        self,
+        host: Host,
+        extra_args: Sequence[str],
+        state_dir: Path | None = None,
+        *,
+        fault: str = "",
+        private: Path | None = None,
+    ) -> BedDaemon:
         if self._closed:
             raise NetBedError(f"{self.prefix} is closed")
-        daemon = BedDaemon(self, host, Path(tempfile.mkdtemp(prefix="mig", dir="/tmp")), extra_args)
+        state_dir = state_dir or Path(tempfile.mkdtemp(prefix="mig", dir="/tmp"))
+        daemon = BedDaemon(self, host, state_dir, extra_args, fault=fault, private=private)
         self.daemons.append(daemon)
         host.daemon = daemon
         daemon._spawn()
@@ -538,9 +568,9 @@ class NetBed:
         self._closed = True
         atexit.unregister(self.close)
         problems = [
-            f"the daemon on {d.host.name} logged a traceback:\n{log[log.index('Traceback') :][:3000]}"
+            f"the daemon on {d.host.name} logged a traceback:\n{traceback}"
             for d in self.daemons
-            if "Traceback" in (log := d.stderr_log())
+            if (traceback := d.traceback())
         ]
         _delete_netns(self.namespaces)
         for host in self.hosts:
@@ -550,15 +580,46 @@ class NetBed:
         return problems
 
 
+def start_bed(
+    bed: NetBed,
+    faults: dict[str, str] | None = None,
+    dirs: dict[str, Path] | None = None,
+    args: dict[str, Sequence[str]] | None = None,
+) -> list[BedDaemon]:
+    """A daemon on every host with mDNS off (its peers are paired by address), started at once; wait until all are
+    ready. ``faults``, ``dirs`` and ``args`` give some hosts, by name, a fault point, a state directory, more flags."""
+    return bed.start_daemons("--no-mdns", faults=faults, dirs=dirs, args=args)
+
+
+class HomeBed:
+    """Three hosts, paired both ways, for apps whose home is h0: h1 and h2 see an empty disk of their own where the
+    home's ``folder`` is, so a file an app wrote on the disk of the host it runs on lands there, where nobody else
+    sees it. An app's file or socket call waits 3 s for an unreachable home before it fails (``--home-timeout``)."""
+
+    def __init__(self, bed: NetBed, folder: Path) -> None:
+        self.bed = bed
+        self.folder = folder
+        away = {"h1": folder, "h2": folder}
+        self.daemons = bed.start_daemons("--no-mdns", "--home-timeout", "3", private=away)
+        home, h1, h2 = self.daemons
+        pair(home, h1)
+        pair(home, h2)
+        pair(h1, h2)
+
+    def host(self, name: str) -> BedDaemon:
+        """The daemon of host ``name``."""
+        return self.daemons[int(name[1:])]
+
+
 def require_netbed() -> None:
-    """Skip the calling test unless beds can be built here."""
+    """Fail the calling test, saying why, unless beds can be built here (the suite runs as root)."""
     ok, reason = netbed_available()
     if not ok:
-        pytest.skip(reason)
+        pytest.fail(reason)
 
 
 def bed_factory() -> Iterator[Callable[[int], NetBed]]:
-    """The body of a bed fixture: skip where beds cannot be built, close every bed at teardown."""
+    """The body of a bed fixture: fail where beds cannot be built, close every bed at teardown."""
     require_netbed()
     beds: list[NetBed] = []
 
@@ -576,7 +637,7 @@ def bed_factory() -> Iterator[Callable[[int], NetBed]]:
 
 @pytest.fixture
 def netbeds() -> Iterator[Callable[[int], NetBed]]:
-    """Build beds of network namespaces, ``netbeds(3)``; skipped unless root; all are torn down after the test."""
+    """Build beds of network namespaces, ``netbeds(3)``; needs root; all are torn down after the test."""
     yield from bed_factory()
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 import socket
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from client._main import cli
-from tests.conftest import AppDir, Daemon, wait_until
+from tests.conftest import AppDir, Daemon
+from tests.helpers import REPO, wait_until
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 
 
 @pytest.mark.parametrize("command", sorted(cli.commands))

@@ -6,7 +6,12 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import Daemons, pid_alive, runner_pids
+import pytest
+
+from tests.conftest import Daemons
+from tests.helpers import pid_alive, runner_pids
+
+pytestmark = pytest.mark.integration  # it starts a daemon of its own
 
 
 def test_teardown_reports_a_runner_that_outlives_its_daemon() -> None:

@@ -142,14 +142,18 @@ class FileStore:
 
     def _open(self, segment: int) -> None:
         log = os.open(self._path(segment, "log"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        index = -1
         try:
             index = os.open(self._path(segment, "idx"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            if os.fstat(index).st_size < len(_MAGIC):  # new, or its header torn by a full disk: write it whole
+                os.ftruncate(index, 0)
+                _write_all(index, _MAGIC)
         except OSError:
             os.close(log)
+            if index >= 0:
+                os.close(index)
             raise
         self._fds[segment], self._indexes[segment] = log, index
-        if os.fstat(index).st_size == 0:
-            _write_all(index, _MAGIC)
 
     def _take_up(self) -> None:
         """Rebuild the appends from the indexes; cut what follows the last whole one (a crash mid-append)."""
@@ -167,6 +171,8 @@ class FileStore:
             os.ftruncate(self._fds[segment], offset)
             os.ftruncate(self._indexes[segment], kept)
             self._current, self._size = segment, offset
+            if not index.startswith(_MAGIC):  # an older daemon's index: new appends go to a segment of their own
+                self._size = self.segment_bytes
             torn = offset < size or kept < whole_index
 
     def _take_up_segment(self, segment: int, index: bytes, size: int) -> tuple[int, int, int]:

@@ -122,13 +122,15 @@ class AppRegistry:
             record.state = State.AWAY
             record.remote.console_session, record.remote.console_applied = console.log.cursor
             return record
-        if saved.state == State.CLOSED.value and latest is not None:
+        if saved.state in (State.EXITED.value, State.CRASHED.value):  # it had ended: it stays as it ended
+            record.state, record.reason = State(saved.state), saved.reason
+        elif saved.state == State.CLOSED.value and latest is not None:
             record.state, record.reason = State.CLOSED, saved.reason
         elif latest is not None:
             record.state = State.CLOSED
             record.reason = f"the daemon stopped while it ran; mig open {name} resumes it from version {latest.version}"
         else:
-            record.state = State.CRASHED if saved.state != State.EXITED.value else State.EXITED
+            record.state = State.CRASHED
             record.reason = "the daemon stopped while it ran, before it had a checkpoint"
         record.ended.set()
         return record

@@ -321,5 +321,9 @@ class AppTable:
             since = f"version {record.version}" if record.version else "its start (it has no checkpoint)"
             log.warning("%s could not be saved (%s); it is stopped, and opens from %s", record.name, exc, since)
             await record.console.note(f"{record.name} could not be saved at daemon shutdown: {exc}")
+            reason = "the daemon stopped"
+            if record.version:  # closed at its last good version: mig open takes it up from there
+                record.closing = True
+                reason = f"not saved when the daemon stopped ({exc.message}); mig open opens version {record.version}"
             with contextlib.suppress(MigError):
-                await self.stop(record.name, reason="the daemon stopped")
+                await self.stop(record.name, reason=reason)

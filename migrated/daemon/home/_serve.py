@@ -103,10 +103,16 @@ async def _read(
                     push(_wire.Kind.CONSOLE_ACK, await apply_console(record, frame.payload))
                 else:
                     home.receive(frame.kind, frame.payload, push)
-            message = await anext(requests)
-    except (StopAsyncIteration, _wire.FrameError, ValueError) as exc:
-        if isinstance(exc, _wire.FrameError | ValueError):
-            log.warning("home link of %s from %s: %s", first.app, caller.name, exc)
+            try:
+                message = await anext(requests)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:  # the stream broke, or this daemon's server stops: the link is down
+                level = logging.INFO if type(exc).__module__.startswith("grpc") else logging.WARNING
+                log.log(level, "home link of %s from %s ended: %s: %s", first.app, caller.name, type(exc).__name__, exc)
+                return
+    except (_wire.FrameError, ValueError) as exc:
+        log.warning("home link of %s from %s: %s", first.app, caller.name, exc)
     finally:
         down.put_nowait(None)
 

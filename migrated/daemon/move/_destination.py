@@ -165,6 +165,8 @@ class MoveDestination:
             elif isinstance(action, Drop):
                 await self._drop(entry.id)
             elif isinstance(action, Refuse):
+                if entry.state is DestState.ABORTED:  # a stage that came after the abort: it goes too
+                    await self._drop(entry.id)
                 raise AppStateError(action.reason)
             elif isinstance(action, Reply) and not pid and entry.state is DestState.COMMITTED:
                 pid = await self._running_pid(entry)

@@ -1,0 +1,208 @@
+"""The app table with real runners and a real store, home I/O recorded by a fake: a run, a stop, crash recovery
+(from the last version, not without one, held back while the app moves), and the table's records kept."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrated.checkpoint import Store
+from migrated.daemon._db import Db
+from migrated.daemon._records import AppRecord, AppSpec, State
+from migrated.daemon._runner import Runner
+from migrated.daemon._tasks import Tasks
+from migrated.daemon.apps import AppRegistry, AppTable, Checkpointer
+from migrated.errors import AppExistsError, AppStateError
+from migrated.runtime._wire import Frame, Kind, encode, io_payload
+
+pytestmark = pytest.mark.integration  # real runner processes
+
+COUNTER = """
+import migrated
+
+class Counter(migrated.App):
+    def start(self):
+        self.n = 0
+
+    def step(self):
+        self.n += 1
+        print(f"n={self.n}", flush=True)
+        return 0.02
+"""
+
+
+class IO:
+    """Home I/O as the table drives it, recorded; a runner's one call at start (home.resume) is answered with
+    nothing held at home."""
+
+    def __init__(self) -> None:
+        self.attached: list[str] = []
+        self.runners: list[Runner] = []
+        self.ends: list[tuple[str, State]] = []
+        self.closes: list[str] = []
+
+    def attach(self, record: AppRecord, runner: Runner) -> Callable[[Frame], None]:
+        self.attached.append(record.name)
+        self.runners.append(runner)
+
+        def receive(frame: Frame) -> None:
+            if frame.kind is Kind.IO:
+                header, _ = frame.io()
+                assert header["op"] == "home.resume"
+                runner.push(encode(Kind.IO_REPLY, io_payload({"id": header["id"], "out": 0})))
+
+        return receive
+
+    async def ended(self, record: AppRecord) -> None:
+        self.ends.append((record.name, record.state))
+
+    async def closed(self, name: str) -> None:
+        self.closes.append(name)
+
+    def input(self, record: AppRecord, text: str) -> None:
+        pass
+
+
+@dataclass
+class Rig:
+    table: AppTable
+    registry: AppRegistry
+    store: Store
+    io: IO
+    folder: Path
+
+    def spec(self, name: str, **more: Any) -> AppSpec:
+        path = self.folder / f"{name}.py"
+        path.write_text(textwrap.dedent(COUNTER).lstrip())
+        return AppSpec(name=name, kind="script", file=str(path), app_class="", cwd=str(self.folder), **more)
+
+
+@asynccontextmanager
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """A table as the daemon composes it; at the end its runners are stopped and their watchers waited for, as
+    when the daemon stops."""
+    store = Store(tmp_path / "checkpoints.sqlite")
+    try:
+        db = Db(store)
+        db.open(tmp_path)
+        registry = AppRegistry(db, store, tmp_path / "console", 10_000, 1 << 22)
+        async with asyncio.TaskGroup() as group:
+            tasks = Tasks(group)
+            io = IO()
+            table = AppTable(registry, Checkpointer(store, 5.0), io, tasks, store, tmp_path)
+            yield Rig(table, registry, store, io, tmp_path)
+            for record in registry:
+                if record.running:
+                    await table.stop(record.name, force=True)
+            tasks.cancel()
+            for runner in io.runners:  # each process reaped while the loop runs
+                runner.kill()
+                await runner.proc.wait()
+    finally:
+        store.close()
+
+
+def console_text(record: AppRecord) -> str:
+    record.console.log.flush()
+    return b"".join(data for _, data in record.console.log.read(0, 100_000).lines).decode()
+
+
+async def counted(record: AppRecord, past: int) -> int:
+    """Wait until the app's console shows a count past ``past``; return the last count."""
+    async with asyncio.timeout(15):
+        while True:
+            counts = [int(n) for n in re.findall(r"^n=(\d+)$", console_text(record), re.M)]
+            if counts and counts[-1] > past:
+                return counts[-1]
+            await asyncio.sleep(0.05)
+
+
+async def shown(record: AppRecord, text: str) -> None:
+    """Wait until the app's console shows ``text``."""
+    async with asyncio.timeout(20):
+        while True:
+            if text in console_text(record):
+                return
+            await asyncio.sleep(0.05)
+
+
+def test_a_run_and_a_stop(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with rig(tmp_path) as r:
+            record = await r.table.run(r.spec("counter"))
+            assert record.state is State.RUNNING and record.pid > 0 and r.io.attached == ["counter"]
+            await counted(record, 3)
+            with pytest.raises(AppExistsError, match="exists already"):
+                await r.table.run(r.spec("counter"))
+            await r.table.stop("counter")
+            assert (record.state, record.reason) == (State.EXITED, "stopped by mig kill") and record.pid == 0
+            assert r.io.ends == [("counter", State.EXITED)]
+            with pytest.raises(AppStateError, match="is not running"):
+                await r.table.stop("counter")
+
+    asyncio.run(scenario())
+
+
+def test_a_crash_comes_back_from_the_last_version_and_not_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with rig(tmp_path) as r:
+            saved = await r.table.run(r.spec("saved"))
+            unsaved = await r.table.run(r.spec("unsaved"))
+            await counted(saved, 5)
+            async with saved.lock:
+                await r.table.checkpointer.take(saved, "manual", "")
+            at = await counted(saved, 0)
+            for record in (saved, unsaved):
+                os.kill(record.pid, signal.SIGKILL)
+            await shown(saved, "saved is back from version 1")
+            assert unsaved.state is State.CRASHED and "it has no checkpoint to come back from" in unsaved.reason
+            versions = await asyncio.to_thread(r.store.list_versions, "saved")
+            assert [v.kind for v in versions] == ["manual", "crash"]
+            assert await counted(saved, at)  # it counts on, from the version it came back from
+
+    asyncio.run(scenario())
+
+
+def test_a_crash_during_a_move_is_held_back_until_the_move_says(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with rig(tmp_path) as r:
+            record = await r.table.run(r.spec("mover"))
+            async with record.lock:
+                await r.table.checkpointer.take(record, "manual", "")
+            record.moving = True
+            os.kill(record.pid, signal.SIGKILL)
+            await record.ended.wait()
+            await asyncio.sleep(1.5)  # a recovery would start within 0.5 s
+            assert record.state is State.CRASHED and record.restarts == 0 and not record.console.closed
+            record.moving = False  # the move was undone
+            await r.table.bring_back(record)
+            await shown(record, "mover is back from version 1")
+            assert record.running and record.restarts == 1
+
+    asyncio.run(scenario())
+
+
+def test_the_table_keeps_what_a_restart_needs(tmp_path: Path) -> None:
+    async def scenario() -> list[tuple[str, State, str]]:
+        async with rig(tmp_path) as r:
+            record = await r.table.run(r.spec("kept", autosave=0.0, args=("a", "b c")))
+            async with record.lock:
+                await r.table.checkpointer.take(record, "manual", "")
+            await r.table.stop("kept")
+        async with rig(tmp_path) as again:
+            await again.registry.load_saved()
+            return [(rec.name, rec.state, " ".join(rec.spec.args)) for rec in again.registry]
+
+    assert asyncio.run(scenario()) == [("kept", State.EXITED, "a b c")]
