@@ -19,19 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from bench._common import summary, write_results
-from migrated.transport.v1 import control_pb2, control_pb2_grpc
+from client._connect import Daemon
+from migrated.transport.v1 import control_pb2
 from tests.netbed import BedDaemon, NetBed, netbed_available
 
 
-def _watch(watcher: BedDaemon) -> control_pb2_grpc.ControlStub:
-    channel = grpc.insecure_channel(f"unix:{watcher.dir / 'control.sock'}")
-    return control_pb2_grpc.ControlStub(channel)
+def _watch(watcher: BedDaemon) -> Any:
+    return Daemon(watcher.dir).stub
 
 
-def _wait(stub: control_pb2_grpc.ControlStub, name: str, want: str, deadline: float = 30.0) -> float:
+def _wait(stub: Any, name: str, want: str, deadline: float = 30.0) -> float:
     """Seconds until the watcher lists ``name`` (want="listed"), as reachable ("reachable") or not at all ("gone")."""
     start = time.perf_counter()
     while time.perf_counter() - start < deadline:

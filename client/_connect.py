@@ -2,53 +2,174 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import select
-import subprocess
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
-
-import grpc
+from typing import Any, TypeVar
 
 from migrated._paths import check_owned, socket_path, socket_path_fits, socket_path_too_long, unusable_state_dir
-from migrated.errors import DaemonError, DaemonNotRunningError, MigError, StateDirError
-from migrated.transport._errors import error_of
-from migrated.transport.v1 import control_pb2 as pb
-from migrated.transport.v1 import control_pb2_grpc
+from migrated.errors import DaemonError, DaemonNotRunningError, StateDirError
+from migrated.transport._control_wire import HEADER, MAX_FRAME, FrameKind, Method, call_frame, parse_error
+from migrated.transport._control_wire import method as _method
 
-__all__ = ["Daemon", "connect", "rpc_error"]
+__all__ = ["Daemon", "Stream", "connect"]
 
 START_TIMEOUT = 20.0
 T = TypeVar("T")
 
 
 class Daemon:
-    """A connection to the daemon that owns a state directory."""
+    """A connection to the daemon that owns a state directory: ``stub.Method(request)`` calls it."""
 
-    def __init__(self, state_dir: Path, channel: grpc.Channel) -> None:
+    def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.channel = channel
-        self.stub = control_pb2_grpc.ControlStub(channel)
+        self.stub = _Stub(self)
 
     def call(self, method: Callable[..., T], request: object, timeout: float | None = None) -> T:
-        """Call one RPC, turning a failure into the error it stands for."""
+        """Call one method of the stub (kept for the commands' uniform form)."""
+        return method(request, timeout=timeout)
+
+    def open(self, method: Method, request: Any, timeout: float | None) -> _Call:
+        """Send one call; the daemon's answer is read from the returned call."""
+        return _Call(self, self._send(call_frame(method.name, request.SerializeToString()), timeout), method)
+
+    def plain(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        """Call unary method ``name`` with an empty request; its reply as plain JSON values (no protobuf)."""
+        with _Call(self, self._send(call_frame(name, as_plain=True), timeout)) as call:
+            reply = call.next()
+        if reply is None:
+            raise self._lost(None)
+        return dict(reply)
+
+    def _send(self, data: bytes, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
         try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc, self.state_dir) from None
+            sock.connect(str(socket_path(self.state_dir)))
+            sock.sendall(data)
+        except OSError as exc:
+            sock.close()
+            raise self._lost(exc) from None
+        return sock
+
+    def _lost(self, exc: OSError | None) -> DaemonError:
+        if isinstance(exc, TimeoutError):
+            return DaemonError(f"the daemon for {self.state_dir} did not answer in time; check mig status")
+        why = (exc.strerror or type(exc).__name__) if exc is not None else "it closed the connection"
+        return DaemonError(f"the daemon for {self.state_dir} stopped answering ({why}); check mig status")
 
 
-def rpc_error(exc: grpc.RpcError, state_dir: Path) -> MigError:
-    """The ``MigError`` a failed call to the daemon of ``state_dir`` stands for."""
-    return error_of(exc, str(state_dir), local=True)
+class _Stub:
+    """One callable per method of the ``Control`` service: unary ones return the reply, streaming ones a
+    ``Stream``."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = _method(name)
+        if method is None:
+            raise AttributeError(name)
+        daemon = self._daemon
+        if method.streaming:
+            return lambda request, timeout=None: Stream(daemon.open(method, request, timeout))
+
+        def unary(request: Any, timeout: float | None = None) -> Any:
+            with daemon.open(method, request, timeout) as call:
+                reply = call.next()
+            if reply is None:
+                raise daemon._lost(None)
+            return reply
+
+        return unary
 
 
-def connect(state_dir: Path, autostart: bool = True) -> Daemon:
-    """Connect to the daemon of ``state_dir``; start it first if none answers and ``autostart``."""
+class _Call:
+    """One call on its own connection: the replies as they come (messages of ``method``, or plain JSON values
+    without one), ``None`` after the last."""
+
+    def __init__(self, daemon: Daemon, sock: socket.socket, method: Method | None = None) -> None:
+        self.daemon = daemon
+        self.method = method
+        self.sock = sock
+        self.file = sock.makefile("rb")
+        self.cancelled = False
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def next(self) -> Any:
+        """The next reply; ``None`` at the end of a stream; the daemon's error raised as its class."""
+        try:
+            header = self.file.read(HEADER.size)
+            size, kind = HEADER.unpack(header) if len(header) == HEADER.size else (0, 0)
+            if kind not in (FrameKind.REPLY, FrameKind.END, FrameKind.ERROR) or size > MAX_FRAME:
+                if self.cancelled:
+                    raise DaemonError("the request was cancelled")
+                if header and not len(header) < HEADER.size:
+                    raise DaemonError(
+                        f"the daemon for {self.daemon.state_dir} does not speak this mig's protocol (one of an older "
+                        "migrated?); stop it and run mig again"
+                    )
+                raise self.daemon._lost(None)
+            payload = self.file.read(size)
+        except OSError as exc:
+            if self.cancelled:
+                raise DaemonError("the request was cancelled") from None
+            raise self.daemon._lost(exc) from None
+        if len(payload) < size:
+            raise self.daemon._lost(None)
+        if kind == FrameKind.ERROR:
+            raise parse_error(payload)
+        if kind == FrameKind.END:
+            return None
+        return self.method.reply.FromString(payload) if self.method is not None else json.loads(payload)
+
+    def cancel(self) -> None:
+        """End the call; the daemon cancels it, and a thread reading it wakes."""
+        self.cancelled = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Let the connection go."""
+        self.file.close()
+        self.sock.close()
+
+
+class Stream:
+    """The replies of a streaming call; ``cancel()`` (from any thread) ends it."""
+
+    def __init__(self, call: _Call) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while (reply := self._call.next()) is not None:
+                yield reply
+        finally:
+            self._call.close()
+
+    def cancel(self) -> None:
+        """Cancel the call."""
+        self._call.cancel()
+
+
+def connect(state_dir: Path, autostart: bool | None = None) -> Daemon:
+    """Connect to the daemon of ``state_dir``; start it first if none answers and ``autostart`` (by default:
+    unless ``MIG_NO_AUTOSTART=1``)."""
+    if autostart is None:
+        autostart = os.environ.get("MIG_NO_AUTOSTART", "") not in ("1", "true", "yes")
     if not socket_path_fits(state_dir):
         raise socket_path_too_long(state_dir)
     _owned(state_dir, state_dir)  # whoever owns the directory can put a daemon of theirs on its socket
@@ -71,18 +192,23 @@ def _owned(state_dir: Path, path: Path) -> bool:
 
 
 def _try_connect(state_dir: Path, timeout: float = 2.0) -> Daemon | None:
+    """The daemon of ``state_dir`` if one listens on its socket (the call made next says whether it answers)."""
     if not _owned(state_dir, socket_path(state_dir)):
         return None
-    channel = grpc.insecure_channel(f"unix:{socket_path(state_dir)}")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
     try:
-        control_pb2_grpc.ControlStub(channel).Status(pb.StatusRequest(), timeout=timeout)
-    except grpc.RpcError:
-        channel.close()
+        probe.connect(str(socket_path(state_dir)))
+    except OSError:
         return None
-    return Daemon(state_dir, channel)
+    finally:
+        probe.close()
+    return Daemon(state_dir)
 
 
 def _start(state_dir: Path) -> Daemon:
+    import subprocess  # only here: most calls find the daemon running
+
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         check_owned(state_dir)  # another user may have made it since connect() looked

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import grpc
 
-from client import _render
-from client._connect import Daemon, connect, rpc_error
+from client import _fast, _render
+from client._connect import Daemon, connect
 from migrated._paths import resolve_state_dir
-from migrated.errors import AppFileError, CheckpointError, MigError, UsageError
+from migrated.errors import AppFileError, CheckpointError, DaemonNotRunningError, MigError, UsageError
 from migrated.transport.v1 import control_pb2 as pb
 
 __all__ = ["cli", "main"]
@@ -37,8 +36,7 @@ class Context:
     def daemon(self) -> Daemon:
         """The connection, autostarting a daemon unless ``MIG_NO_AUTOSTART=1``."""
         if self._daemon is None:
-            autostart = os.environ.get("MIG_NO_AUTOSTART", "") not in ("1", "true", "yes")
-            self._daemon = connect(self.state_dir, autostart=autostart)
+            self._daemon = connect(self.state_dir)
         return self._daemon
 
 
@@ -164,11 +162,7 @@ def logs(ctx: Context, name: str, follow: bool, tail: int) -> None:
 @pass_ctx
 def ps(ctx: Context, as_json: bool) -> None:
     """List the apps: running, exited and crashed."""
-    reply = ctx.daemon.call(ctx.daemon.stub.List, pb.ListRequest())
-    if as_json:
-        click.echo(json.dumps([_render.app_json(app) for app in reply.apps], indent=2))
-    else:
-        _render.app_table(list(reply.apps))
+    _fast.ps(ctx.daemon, as_json)
 
 
 @cli.command()
@@ -196,11 +190,7 @@ def rm(ctx: Context, name: str, force: bool) -> None:
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Show the daemon: host, version, state directory, apps."""
-    reply = ctx.daemon.call(ctx.daemon.stub.Status, pb.StatusRequest())
-    if as_json:
-        click.echo(json.dumps(_render.status_json(reply), indent=2))
-    else:
-        _render.status_text(reply)
+    _fast.status(ctx.daemon, as_json)
 
 
 @cli.command()
@@ -216,15 +206,12 @@ def move(ctx: Context, name: str, host: str, stop_and_copy: bool) -> None:
     copied: dict[str, pb.MoveProgress] = {}
     where = host
     with _render.MoveBar(sys.stdout.isatty()) as bar:
-        try:
-            for update in ctx.daemon.stub.Move(pb.MoveRequest(name=name, host=host, stop_and_copy=stop_and_copy)):
-                bar.update(update)
-                if update.phase in ("pre-copy", "final copy"):
-                    copied[update.phase] = update
-                if update.app.name:
-                    where = update.app.host
-        except grpc.RpcError as exc:
-            raise rpc_error(exc, ctx.state_dir) from None
+        for update in ctx.daemon.stub.Move(pb.MoveRequest(name=name, host=host, stop_and_copy=stop_and_copy)):
+            bar.update(update)
+            if update.phase in ("pre-copy", "final copy"):
+                copied[update.phase] = update
+            if update.app.name:
+                where = update.app.host
     sent = sum(update.bytes_sent for update in copied.values())
     chunks = sum(update.chunks_sent for update in copied.values())
     skipped = sum(update.chunks_skipped for update in copied.values())
@@ -261,15 +248,12 @@ def evacuate(ctx: Context, to: str, rehome: bool, files: str) -> None:
     """Move every app running here to HOST, one after the other; one that fails stays and runs here."""
     failed = 0
     request = pb.EvacuateRequest(to=to, rehome=rehome, move_files=rehome and files == "move")
-    try:
-        for report in ctx.daemon.stub.Evacuate(request):
-            if report.moved:
-                click.echo(report.message)
-            else:
-                failed += 1
-                click.echo(f"{report.app} stays here: {report.message}", err=True)
-    except grpc.RpcError as exc:
-        raise rpc_error(exc, ctx.state_dir) from None
+    for report in ctx.daemon.stub.Evacuate(request):
+        if report.moved:
+            click.echo(report.message)
+        else:
+            failed += 1
+            click.echo(f"{report.app} stays here: {report.message}", err=True)
     if failed:
         raise click.exceptions.Exit(12)
 
@@ -477,7 +461,12 @@ def verify(ctx: Context) -> None:
 @pass_ctx
 def shutdown(ctx: Context) -> None:
     """Stop the daemon; running apps are closed first (mig open brings them back)."""
-    ctx.daemon.call(ctx.daemon.stub.Shutdown, pb.ShutdownRequest())
+    try:
+        daemon = connect(ctx.state_dir, autostart=False)  # never start a daemon only to stop it
+    except DaemonNotRunningError:
+        click.echo(f"no daemon runs for {ctx.state_dir}")
+        return
+    daemon.call(daemon.stub.Shutdown, pb.ShutdownRequest())
     click.echo(f"the daemon for {ctx.state_dir} is stopping")
 
 
@@ -504,8 +493,6 @@ def _print_stream(daemon: Daemon, stream: Any) -> Iterator[pb.ConsoleBatch]:
             out.write(b"".join(line.data[line.skip :] for line in batch.lines) + batch.partial)
             out.flush()
             yield batch
-    except grpc.RpcError as exc:
-        raise rpc_error(exc, daemon.state_dir) from None
     finally:
         stream.cancel()
 

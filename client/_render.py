@@ -1,17 +1,21 @@
-"""How the command line shows apps and the daemon: JSON documents and rich tables."""
+"""How the command line shows apps and the daemon: JSON documents, plain tables, a move's progress."""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
+from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
-from migrated.transport.v1 import control_pb2 as pb
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # mig status and mig ps print without importing protobuf
+    from migrated.transport.v1 import control_pb2 as pb
 
 __all__ = [
     "MoveBar",
     "app_json",
     "app_table",
+    "columns",
     "history_table",
     "iso",
     "peer_json",
@@ -24,22 +28,41 @@ __all__ = [
 ]
 
 
-def state_name(state: pb.AppState.ValueType) -> str:
-    """``APP_STATE_RUNNING`` -> ``running``."""
-    return pb.AppState.Name(state).removeprefix("APP_STATE_").lower()
+def state_name(state: pb.AppState.ValueType | str) -> str:
+    """``APP_STATE_RUNNING`` (by number, or by name in a plain reply) -> ``running``."""
+    return _enum_name(state, "AppState").removeprefix("APP_STATE_").lower()
+
+
+def _enum_name(value: int | str, enum: str) -> str:
+    if isinstance(value, str):
+        return value
+    from migrated.transport.v1 import control_pb2
+
+    return str(getattr(control_pb2, enum).Name(value))
+
+
+def fields(reply: dict[str, Any]) -> Any:
+    """A plain reply (``Daemon.plain``) read like its message: ``reply.apps[0].name``."""
+    return SimpleNamespace(**{
+        key: [fields(item) if isinstance(item, dict) else item for item in value] if isinstance(value, list)
+        else fields(value) if isinstance(value, dict) else value
+        for key, value in reply.items()
+    })  # fmt: skip
 
 
 def iso(timestamp: float) -> str | None:
     """A Unix time as ISO 8601 (UTC), None for 0."""
+    import datetime as dt
+
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat() if timestamp else None
 
 
-def app_json(app: pb.AppInfo) -> dict[str, Any]:
-    """One app as ``mig ps --json`` shows it."""
+def app_json(app: pb.AppInfo | Any) -> dict[str, Any]:
+    """One app (an ``AppInfo``, or its plain form read through ``fields``) as ``mig ps --json`` shows it."""
     return {
         "name": app.name,
         "state": state_name(app.state),
-        "kind": pb.AppKind.Name(app.kind).removeprefix("APP_KIND_").lower(),
+        "kind": _enum_name(app.kind, "AppKind").removeprefix("APP_KIND_").lower(),
         "host": app.host,
         "epoch": app.epoch,
         "home": app.home,
@@ -71,33 +94,28 @@ def _age(since: float) -> str:
     return f"{seconds // 3600}h"
 
 
-def app_table(apps: list[pb.AppInfo]) -> None:
+def app_table(apps: Sequence[pb.AppInfo | Any]) -> None:
     """Print apps as a table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NAME", "STATE", "HOST", "HOME", "PID", "VERSION", "AGE", "DETAIL"):
-        table.add_column(column)
-    for app in apps:
-        state = state_name(app.state)
-        table.add_row(
-            app.name,
-            state,
-            app.host,
-            app.home,
-            str(app.pid) if app.pid else "-",
-            str(app.version) if app.version else "-",
-            _age(app.started_at),
-            app.reason,
-        )
     if not apps:
         print("no apps; start one with: mig run FILE.py")
         return
-    Console().print(table)
+    rows = [
+        (app.name, state_name(app.state), app.host, app.home, str(app.pid) if app.pid else "-",
+         str(app.version) if app.version else "-", _age(app.started_at), app.reason)
+        for app in apps
+    ]  # fmt: skip
+    columns(("NAME", "STATE", "HOST", "HOME", "PID", "VERSION", "AGE", "DETAIL"), rows)
 
 
-def status_json(reply: pb.StatusReply) -> dict[str, Any]:
+def columns(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """Print a table: each column as wide as its widest cell, two spaces between columns, no wrapping (a
+    script can cut the columns at runs of spaces; a long detail stays on its line)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def status_json(reply: pb.StatusReply | Any) -> dict[str, Any]:
     """The daemon as ``mig status --json`` shows it."""
     return {
         "host": reply.host,
@@ -114,7 +132,7 @@ def status_json(reply: pb.StatusReply) -> dict[str, Any]:
     }
 
 
-def status_text(reply: pb.StatusReply) -> None:
+def status_text(reply: pb.StatusReply | Any) -> None:
     """Print the daemon's status."""
     print(f"host        {reply.host}")
     print(f"version     {reply.version}")
@@ -146,27 +164,16 @@ def peer_json(peer: pb.PeerInfo) -> dict[str, Any]:
 
 def peer_table(peers: list[pb.PeerInfo], empty: str) -> None:
     """Print peers as a table."""
-    from rich.console import Console
-    from rich.table import Table
-
     if not peers:
         print(empty)
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NAME", "ADDRESS", "PAIRED", "REACHABLE", "VERSION", "APPS", "LOAD", "DEVICE"):
-        table.add_column(column)
-    for peer in peers:
-        table.add_row(
-            peer.name,
-            peer.address or "-",
-            "yes" if peer.paired else "no",
-            "yes" if peer.reachable else "no",
-            peer.version or "-",
-            str(peer.apps_running) if peer.apps_running >= 0 else "-",
-            f"{peer.load:.2f}" if peer.load >= 0 else "-",
-            peer.device_id[:12] or "-",
-        )
-    Console().print(table)
+    rows = [
+        (peer.name, peer.address or "-", "yes" if peer.paired else "no", "yes" if peer.reachable else "no",
+         peer.version or "-", str(peer.apps_running) if peer.apps_running >= 0 else "-",
+         f"{peer.load:.2f}" if peer.load >= 0 else "-", peer.device_id[:12] or "-")
+        for peer in peers
+    ]  # fmt: skip
+    columns(("NAME", "ADDRESS", "PAIRED", "REACHABLE", "VERSION", "APPS", "LOAD", "DEVICE"), rows)
 
 
 def size(count: int) -> str:
@@ -194,27 +201,18 @@ def version_json(entry: pb.VersionEntry) -> dict[str, Any]:
 
 def history_table(entries: list[pb.VersionEntry]) -> None:
     """Print versions as a table."""
-    from rich.console import Console
-    from rich.table import Table
+    import datetime as dt
 
     if not entries:
         print("no versions yet; mig checkpoint NAME saves one")
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("VERSION", "PARENT", "TIME", "KIND", "ADDED", "SIZE", "MESSAGE"):
-        table.add_column(column)
-    for entry in entries:
-        created = dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(
-            str(entry.version),
-            str(entry.parent) if entry.parent else "-",
-            created,
-            entry.kind,
-            size(entry.bytes_added),
-            size(entry.total_bytes),
-            entry.message,
-        )
-    Console().print(table)
+    rows = [
+        (str(entry.version), str(entry.parent) if entry.parent else "-",
+         dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M:%S"), entry.kind,
+         size(entry.bytes_added), size(entry.total_bytes), entry.message)
+        for entry in entries
+    ]  # fmt: skip
+    columns(("VERSION", "PARENT", "TIME", "KIND", "ADDED", "SIZE", "MESSAGE"), rows)
 
 
 class MoveBar:

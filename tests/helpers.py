@@ -269,11 +269,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def runner_pids(daemon_pid: int) -> set[int]:
-    """Live runner processes that belong to the daemon ``daemon_pid`` (its children, or tagged with its pid)."""
+    """Live runner processes that belong to the daemon ``daemon_pid`` (its children, or tagged with its pid),
+    spare runners (named ``mig-spare`` until they are given an app) left out."""
     found: set[int] = set()
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status", "name"]):
         with contextlib.suppress(psutil.Error):
-            if RUNNER_MODULE not in " ".join(proc.info["cmdline"] or ()):
+            if RUNNER_MODULE not in " ".join(proc.info["cmdline"] or ()) or proc.info["name"] == "mig-spare":
                 continue
             if proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue

@@ -46,3 +46,11 @@ def test_the_runner_does_not_import_grpc() -> None:
 def test_the_command_line_does_not_import_the_daemon() -> None:
     loaded = imports_of("import client._main")
     assert not {name for name in loaded if name.startswith("migrated.daemon")}
+
+
+def test_no_command_imports_grpc_and_status_and_ps_import_neither_click_nor_protobuf() -> None:
+    """What keeps mig fast (bench/cli.py measures it): the control socket speaks frames, not gRPC, and the two
+    commands run most answer from plain JSON without click."""
+    assert not {name for name in imports_of("import client._main") if name.split(".")[0] == "grpc"}
+    fast = imports_of("import client._fast")
+    assert not {name for name in fast if name.split(".")[0] in ("grpc", "click", "rich", "google")}

@@ -7,9 +7,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
-
-import grpc.aio
 
 import migrated
 from migrated.checkpoint import Store, VersionInfo
@@ -22,7 +19,6 @@ from migrated.daemon.move import MoveProgress, MoveSource, close_away, evacuate
 from migrated.discovery._table import PeerRow
 from migrated.errors import AppFileError, MigError, UsageError
 from migrated.transport.v1 import control_pb2 as pb
-from migrated.transport.v1 import control_pb2_grpc
 
 __all__ = ["ControlService"]
 
@@ -40,11 +36,9 @@ _STATES = {
 _KINDS = {"script": pb.APP_KIND_SCRIPT, "repl": pb.APP_KIND_REPL}
 BATCH_LINES = 8192
 
-Context = grpc.aio.ServicerContext[Any, Any]
 
-
-class ControlService(control_pb2_grpc.ControlServicer):
-    """Serves the control API: the commands of ``mig``, over the daemon's Unix socket."""
+class ControlService:
+    """The control API of ``control.proto``: the commands of ``mig`` (``_control_socket.py`` carries them)."""
 
     def __init__(
         self,
@@ -101,7 +95,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
             files_home=place.files_home_name or place.home or self.host,
         )
 
-    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
+    async def Status(self, request: pb.StatusRequest) -> pb.StatusReply:
         apps = list(self.registry)
         return pb.StatusReply(
             host=self.host,
@@ -117,28 +111,28 @@ class ControlService(control_pb2_grpc.ControlServicer):
             mdns=self.peers.settings.mdns,
         )
 
-    async def Run(self, request: pb.RunRequest, context: Context) -> pb.AppInfo:
+    async def Run(self, request: pb.RunRequest) -> pb.AppInfo:
         spec = _spec(request)
         return self.info(await self.table.run(spec))
 
-    async def List(self, request: pb.ListRequest, context: Context) -> pb.ListReply:
+    async def List(self, request: pb.ListRequest) -> pb.ListReply:
         return pb.ListReply(apps=[self.info(record) for record in self.registry])
 
-    async def Get(self, request: pb.AppRef, context: Context) -> pb.AppInfo:
+    async def Get(self, request: pb.AppRef) -> pb.AppInfo:
         return self.info(self.registry.get(request.name))
 
-    async def Kill(self, request: pb.KillRequest, context: Context) -> pb.AppInfo:
+    async def Kill(self, request: pb.KillRequest) -> pb.AppInfo:
         return self.info(await self.table.stop(request.name, force=request.force))
 
-    async def Remove(self, request: pb.RemoveRequest, context: Context) -> pb.RemoveReply:
+    async def Remove(self, request: pb.RemoveRequest) -> pb.RemoveReply:
         await self.table.remove(request.name, force=request.force)
         return pb.RemoveReply()
 
-    async def Send(self, request: pb.SendRequest, context: Context) -> pb.SendReply:
+    async def Send(self, request: pb.SendRequest) -> pb.SendReply:
         await self.table.send(request.name, request.text)
         return pb.SendReply()
 
-    async def Logs(self, request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.ConsoleBatch]:
+    async def Logs(self, request: pb.LogsRequest) -> AsyncIterator[pb.ConsoleBatch]:
         record = self.registry.get(request.name)
         console = record.console
         since = request.since or (console.log.tail_start(request.tail) if request.tail else 0)
@@ -166,19 +160,19 @@ class ControlService(control_pb2_grpc.ControlServicer):
         if request.follow:
             yield pb.ConsoleBatch(app=self.info(record))
 
-    async def Checkpoint(self, request: pb.CheckpointRequest, context: Context) -> pb.CheckpointReply:
+    async def Checkpoint(self, request: pb.CheckpointRequest) -> pb.CheckpointReply:
         info, captured = await self.versions.checkpoint(request.name, "manual", request.message)
         return pb.CheckpointReply(
             version=_version(info), pause_seconds=captured.pause, capture_seconds=captured.capture
         )
 
-    async def History(self, request: pb.AppRef, context: Context) -> pb.HistoryReply:
+    async def History(self, request: pb.AppRef) -> pb.HistoryReply:
         return pb.HistoryReply(versions=[_version(info) for info in await self.versions.history(request.name)])
 
-    async def Close(self, request: pb.AppRef, context: Context) -> pb.AppInfo:
+    async def Close(self, request: pb.AppRef) -> pb.AppInfo:
         return self.info(await close_away(self.source, request.name))
 
-    async def Open(self, request: pb.OpenRequest, context: Context) -> pb.AppInfo:
+    async def Open(self, request: pb.OpenRequest) -> pb.AppInfo:
         if request.on:
             if request.version:
                 raise UsageError(
@@ -191,19 +185,19 @@ class ControlService(control_pb2_grpc.ControlServicer):
             return info
         return self.info(await self.versions.open(request.name, request.version))
 
-    async def Restore(self, request: pb.RestoreRequest, context: Context) -> pb.AppInfo:
+    async def Restore(self, request: pb.RestoreRequest) -> pb.AppInfo:
         return self.info(await self.versions.restore(request.name, request.version))
 
-    async def Fork(self, request: pb.ForkRequest, context: Context) -> pb.AppInfo:
+    async def Fork(self, request: pb.ForkRequest) -> pb.AppInfo:
         return self.info(await self.versions.fork(request.name, request.new_name, request.version))
 
-    async def Export(self, request: pb.ExportRequest, context: Context) -> pb.ExportReply:
+    async def Export(self, request: pb.ExportRequest) -> pb.ExportReply:
         if not os.path.isabs(request.path):
             raise UsageError(f"{request.path} is not an absolute path; the command line sends absolute paths")
         info, written = await self.versions.export(request.name, request.path, request.version)
         return pb.ExportReply(version=_version(info), bytes=written)
 
-    async def Import(self, request: pb.ImportRequest, context: Context) -> pb.ImportReply:
+    async def Import(self, request: pb.ImportRequest) -> pb.ImportReply:
         if not os.path.isabs(request.path):
             raise UsageError(f"{request.path} is not an absolute path; the command line sends absolute paths")
         record, signer = await self.versions.import_(request.path, request.name, request.cwd or os.getcwd())
@@ -214,39 +208,39 @@ class ControlService(control_pb2_grpc.ControlServicer):
             warning=signer.warning(record.name, request.path),
         )
 
-    async def Gc(self, request: pb.GcRequest, context: Context) -> pb.GcReply:
+    async def Gc(self, request: pb.GcRequest) -> pb.GcReply:
         report = await asyncio.to_thread(self.store.gc)
         return pb.GcReply(chunks=report.chunks, bytes=report.bytes)
 
-    async def Verify(self, request: pb.VerifyRequest, context: Context) -> pb.VerifyReply:
+    async def Verify(self, request: pb.VerifyRequest) -> pb.VerifyReply:
         report = await asyncio.to_thread(self.store.verify)
         damaged = [
             pb.Damage(app=d.app, version=d.version, chunk=d.chunk.hex(), reason=d.reason) for d in report.damaged
         ]
         return pb.VerifyReply(chunks=report.chunks, bytes=report.bytes, damaged=damaged)
 
-    async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownReply:
+    async def Shutdown(self, request: pb.ShutdownRequest) -> pb.ShutdownReply:
         asyncio.get_running_loop().call_soon(self._shutdown)
         return pb.ShutdownReply()
 
-    async def Peers(self, request: pb.PeersRequest, context: Context) -> pb.PeersReply:
+    async def Peers(self, request: pb.PeersRequest) -> pb.PeersReply:
         return pb.PeersReply(peers=[_peer_info(row) for row in self.peers.rows()])
 
-    async def PairCode(self, request: pb.PairCodeRequest, context: Context) -> pb.PairCodeReply:
+    async def PairCode(self, request: pb.PairCodeRequest) -> pb.PairCodeReply:
         code, expires = self.pairing.issue_code(request.ttl)
         return pb.PairCodeReply(code=code, expires=expires)
 
-    async def Pair(self, request: pb.PairRequest, context: Context) -> pb.PeerInfo:
+    async def Pair(self, request: pb.PairRequest) -> pb.PeerInfo:
         return _peer_info(await self.pairing.pair(request.host, request.code))
 
-    async def Paired(self, request: pb.PairedRequest, context: Context) -> pb.PeersReply:
+    async def Paired(self, request: pb.PairedRequest) -> pb.PeersReply:
         return pb.PeersReply(peers=[_peer_info(row) for row in self.peers.rows() if row.paired])
 
-    async def Unpair(self, request: pb.UnpairRequest, context: Context) -> pb.PeerInfo:
+    async def Unpair(self, request: pb.UnpairRequest) -> pb.PeerInfo:
         peer = await self.pairing.unpair(request.host)
         return pb.PeerInfo(name=peer.name, address=peer.address, device_id=peer.device_id, paired=False)
 
-    async def Move(self, request: pb.MoveRequest, context: Context) -> AsyncIterator[pb.MoveProgress]:
+    async def Move(self, request: pb.MoveRequest) -> AsyncIterator[pb.MoveProgress]:
         updates: asyncio.Queue[MoveProgress | None] = asyncio.Queue()
         outcome: list[tuple[AppRecord, str] | BaseException] = []
 
@@ -272,13 +266,13 @@ class ControlService(control_pb2_grpc.ControlServicer):
         info.host = destination
         yield pb.MoveProgress(phase="done", app=info)
 
-    async def Evacuate(self, request: pb.EvacuateRequest, context: Context) -> AsyncIterator[pb.EvacuateReport]:
+    async def Evacuate(self, request: pb.EvacuateRequest) -> AsyncIterator[pb.EvacuateReport]:
         async for name, moved, message, downtime in evacuate(
             self.source, request.to, rehome=request.rehome, move_files=request.move_files
         ):
             yield pb.EvacuateReport(app=name, moved=moved, message=message, downtime=downtime)
 
-    async def Rehome(self, request: pb.RehomeRequest, context: Context) -> pb.AppInfo:
+    async def Rehome(self, request: pb.RehomeRequest) -> pb.AppInfo:
         was_running = self.registry.get(request.name).running
         moved, where = await self.source.rehome(request.name, request.host, request.move_files)
         info = self.info(moved)
@@ -286,7 +280,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         info.state = pb.APP_STATE_RUNNING if was_running else pb.APP_STATE_CLOSED
         return info
 
-    async def PingPeer(self, request: pb.PingPeerRequest, context: Context) -> pb.PingPeerReply:
+    async def PingPeer(self, request: pb.PingPeerRequest) -> pb.PingPeerReply:
         row, rtts = await self.peers.ping(request.host, request.count)
         return pb.PingPeerReply(peer=_peer_info(row), rtt_ms=rtts)
 

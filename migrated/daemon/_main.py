@@ -64,6 +64,13 @@ __all__ = ["main"]
     show_default=True,
     help="Seconds a checkpoint, close or move waits for an app to finish its handler before it gives up.",
 )
+@click.option(
+    "--spare-runners",
+    type=click.IntRange(min=0, max=8),
+    default=1,
+    show_default=True,
+    help="Runner processes kept started ahead, so an app starts, opens or arrives without an interpreter start.",
+)
 @click.option("--handshake-timeout", type=float, default=10.0, hidden=True, help="Seconds a TLS handshake may take.")
 @click.option("--ready-fd", type=int, default=-1, hidden=True, help="Write 'ready' to this fd once serving.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -78,6 +85,7 @@ def main(
     mdns_interfaces: tuple[str, ...],
     home_timeout: float,
     safe_point_wait: float,
+    spare_runners: int,
     handshake_timeout: float,
     ready_fd: int,
     verbose: bool,
@@ -104,6 +112,7 @@ def main(
             handshake_timeout=handshake_timeout,
             home_timeout=home_timeout,
             safe_point_wait=safe_point_wait,
+            spare_runners=spare_runners,
         )
         asyncio.run(serve(config, ready=lambda: _signal_ready(ready_fd)))
     except MigError as exc:

@@ -116,8 +116,9 @@ class Runner:
         return self.proc.pid
 
     @classmethod
-    async def spawn(cls, cwd: str) -> Runner:
-        """Start a runner process in ``cwd``."""
+    async def spawn(cls, cwd: str, spare: bool = False) -> Runner:
+        """Start a runner process in ``cwd``; a ``spare`` one readies what a thaw imports while it waits (the
+        app's load tells it where the app runs)."""
         parent, child = socket.socketpair()
         stacks, stacks_child = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -127,6 +128,7 @@ class Runner:
                 "migrated.runtime._runner",
                 str(child.fileno()),
                 str(stacks_child),
+                *(["spare"] if spare else []),
                 pass_fds=(child.fileno(), stacks_child),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,

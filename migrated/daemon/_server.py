@@ -17,6 +17,7 @@ import grpc.aio
 from migrated.checkpoint import Store
 from migrated.daemon._config import PeerSettings
 from migrated.daemon._control import ControlService
+from migrated.daemon._control_socket import ControlSocket
 from migrated.daemon._db import Db
 from migrated.daemon._exports import ExportTrust
 from migrated.daemon._paired_rows import PairedRows
@@ -24,6 +25,7 @@ from migrated.daemon._pairing import Pairing, PairingService
 from migrated.daemon._peer_service import PeerService
 from migrated.daemon._peers import Peers
 from migrated.daemon._runner import SAFE_POINT_WAIT
+from migrated.daemon._spares import SpareRunners
 from migrated.daemon._statedir import StateDir
 from migrated.daemon._tasks import Tasks
 from migrated.daemon.apps import AppRegistry, AppTable, AppVersions, Checkpointer
@@ -31,8 +33,7 @@ from migrated.daemon.home import FileGrants, HomeIO
 from migrated.daemon.move import Journal, MoveDestination, MoveSource, recover
 from migrated.discovery._paired import PairedPeers
 from migrated.errors import MigError
-from migrated.transport._errors import ErrorInterceptor
-from migrated.transport.v1 import control_pb2_grpc, peer_pb2_grpc
+from migrated.transport.v1 import peer_pb2_grpc
 
 __all__ = ["DaemonConfig", "serve"]
 
@@ -51,6 +52,7 @@ class DaemonConfig:
     handshake_timeout: float = 10.0
     home_timeout: float = 30.0
     safe_point_wait: float = SAFE_POINT_WAIT
+    spare_runners: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,8 @@ def _compose(config: DaemonConfig, store: Store, db: Db, tasks: Tasks, stop: Cal
     grants.load()
     home = HomeIO(registry, peers, grants, tasks, config.home_timeout)
     checkpointer = Checkpointer(store, config.safe_point_wait)
-    table = AppTable(registry, checkpointer, home, tasks, store, state_dir)
+    spares = SpareRunners(tasks, config.spare_runners)
+    table = AppTable(registry, checkpointer, home, tasks, store, state_dir, spares)
     exports = ExportTrust(peers.identity, host, paired)
     versions = AppVersions(table, registry, checkpointer, store, exports, state_dir / "code")
     journal = Journal(db)
@@ -133,13 +136,14 @@ async def serve(config: DaemonConfig, ready: Callable[[], None] = lambda: None) 
         state_dir.close()
 
 
-async def _start(daemon: _Daemon, socket: Path) -> grpc.aio.Server:
+async def _start(daemon: _Daemon, socket: Path) -> ControlSocket:
     """Start the services in order; return the control server, serving."""
 
     def peer_services(server: grpc.aio.Server) -> None:
         peer_pb2_grpc.add_PairingServicer_to_server(PairingService(daemon.peers, daemon.pairing), server)
         peer_pb2_grpc.add_PeerServicer_to_server(daemon.peer_service, server)
 
+    daemon.table.spares.start()
     await daemon.peers.start(peer_services)
     await daemon.registry.load_saved()
     if daemon.store.unclean:
@@ -147,18 +151,17 @@ async def _start(daemon: _Daemon, socket: Path) -> grpc.aio.Server:
     await recover(daemon.journal, daemon.source, daemon.destination)
     daemon.peer_service.ready.set()
     daemon.tasks.spawn(daemon.peers.run_probes(), "probes")
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    control_pb2_grpc.add_ControlServicer_to_server(daemon.control, server)
-    server.add_insecure_port(f"unix:{socket}")
-    await server.start()
+    server = ControlSocket(daemon.control)
+    await server.start(socket)
     log.info("serving %s on %s", daemon.config.host, socket)
     return server
 
 
-async def _stop(daemon: _Daemon, server: grpc.aio.Server) -> None:
+async def _stop(daemon: _Daemon, server: ControlSocket) -> None:
     """Close every app that runs (saving what can be saved), let visitors' consoles reach home, stop the rest."""
     log.info("stopping")
     await daemon.table.close_all(daemon.versions.close)
+    daemon.table.spares.close()
     await daemon.home.flush_all()
     daemon.home.close()
     daemon.tasks.cancel()

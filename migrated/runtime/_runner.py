@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from migrated.errors import MigError
+from migrated.errors import AppFileError, MigError
 from migrated.runtime import _home, _wire
 from migrated.runtime._app import App
 from migrated.runtime._loader import load_app_class
@@ -323,12 +323,17 @@ def main(argv: list[str]) -> int:
     channel = Channel(sock)
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
+    if argv[3:4] == ["spare"]:
+        _name_process("mig-spare")
+        _warm()
     frame = channel.recv()
     if frame is None or frame.kind is not _wire.Kind.LOAD:
         return 2
     spec = frame.json()
-    home = _start_home(channel, spec)
+    _name_process(f"mig:{spec.get('name', '')}")
     try:
+        _enter(str(spec.get("cwd") or os.getcwd()))
+        home = _start_home(channel, spec)
         cls = _load(spec)
         thawed, loaded = _thaw(spec) if spec.get("restore") else (None, {})
     except MigError as exc:
@@ -345,6 +350,38 @@ def main(argv: list[str]) -> int:
         return app
 
     return Driver(channel, spec, home).run(make_app, first_run=thawed is None)
+
+
+def _warm() -> None:
+    """Import what a thaw and a checkpoint need (a spare runner does it while it waits for an app)."""
+    from migrated import checkpoint
+
+    for name in ("Store", "restore", "capture", "make_draft", "code_files", "package_versions", "runtime_fingerprint"):
+        getattr(checkpoint, name)  # the package resolves its names lazily
+
+
+def _enter(cwd: str) -> None:
+    """Run in ``cwd`` (a spare runner learns it with the app), as if started there: ``sys.path[0]`` too."""
+    started = os.getcwd()
+    if cwd == started:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise AppFileError(
+            f"cannot run the app in {cwd}: {exc.strerror or exc}; give a directory that exists"
+        ) from None
+    if sys.path and sys.path[0] == started:
+        sys.path[0] = cwd
+
+
+def _name_process(name: str) -> None:
+    """The process name ``ps`` and ``top`` show (15 bytes at most): a spare runner, or the app it runs."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_name = 15
+        ctypes.CDLL(None).prctl(pr_set_name, name.encode()[:15], 0, 0, 0)
 
 
 def _start_home(channel: Channel, spec: dict[str, Any]) -> _home.Home:

@@ -36,3 +36,11 @@ def test_concurrent_autostarts_share_one_daemon(daemons: Daemons) -> None:
     assert [proc.returncode for proc in procs] == [0, 0, 0], results
     daemon = daemons.adopt(state_dir)
     assert {json.loads(out)["pid"] for out, _ in results} == {daemon.pid}
+
+
+def test_shutdown_with_no_daemon_starts_none(daemons: Daemons) -> None:
+    state_dir = daemons.new_dir() / "state"
+    state_dir.mkdir(mode=0o700)
+    out = mig("shutdown", dir=state_dir, autostart=True).out
+    assert out.strip() == f"no daemon runs for {state_dir}"
+    assert not (state_dir / "control.sock").exists() and not (state_dir / "daemon.log").exists()

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from migrated.checkpoint import Kind, Store
 from migrated.daemon._records import AppRecord, AppSpec, Place, State
 from migrated.daemon._runner import Outcome, Runner
+from migrated.daemon._spares import SpareRunners
 from migrated.daemon._tasks import Tasks
 from migrated.daemon.apps._checkpointer import Checkpointer
 from migrated.daemon.apps._files import check_spec
@@ -61,8 +62,10 @@ class AppTable:
         tasks: Tasks,
         store: Store,
         state_dir: Path,
+        spares: SpareRunners,
     ) -> None:
         self.registry = registry
+        self.spares = spares
         self.checkpointer = checkpointer
         self.io = io
         self.store = store
@@ -96,10 +99,10 @@ class AppTable:
         record.state, record.runner = State.STARTING, None
         record.ended = asyncio.Event()  # a stop waits for this run, not for the end of the one before
         try:
-            record.runner = await Runner.spawn(record.spec.cwd)
+            record.runner = await self.spares.take(record.spec.cwd)
             frames = self.io.attach(record, record.runner)
             home = {"cwd": record.spec.home_cwd or record.spec.cwd, "away": record.files_away}
-            load = {**load, "home": {**home, "local": [str(self._state_dir)]}}
+            load = {**load, "cwd": record.spec.cwd, "home": {**home, "local": [str(self._state_dir)]}}
             loaded = await record.runner.load(load, record.console, frames)
         except BaseException as exc:
             if record.runner is not None:

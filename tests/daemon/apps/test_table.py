@@ -20,6 +20,7 @@ from migrated.checkpoint import Store
 from migrated.daemon._db import Db
 from migrated.daemon._records import AppRecord, AppSpec, State
 from migrated.daemon._runner import Runner
+from migrated.daemon._spares import SpareRunners
 from migrated.daemon._tasks import Tasks
 from migrated.daemon.apps import AppRegistry, AppTable, Checkpointer
 from migrated.errors import AppExistsError, AppStateError
@@ -99,7 +100,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         async with asyncio.TaskGroup() as group:
             tasks = Tasks(group)
             io = IO()
-            table = AppTable(registry, Checkpointer(store, 5.0), io, tasks, store, tmp_path)
+            table = AppTable(registry, Checkpointer(store, 5.0), io, tasks, store, tmp_path, SpareRunners(tasks, 0))
             yield Rig(table, registry, store, io, tmp_path)
             for record in registry:
                 if record.running:
