@@ -72,39 +72,67 @@ class ControlSocket:
             method, request, as_plain = parse_call(await reader.readexactly(size))
         except DecodeError:
             writer.write(error_frame(DaemonError("the daemon could not read the request; mig and migrated differ")))
+            await writer.drain()
             return
         except MigError as exc:
             writer.write(error_frame(exc))
+            await writer.drain()
             return
-        call = owned(self._answer(method, request, as_plain, writer), f"control {method.name}")
-        gone = owned(reader.read(1), f"control {method.name} caller")  # b"" (or an error) when the caller closes
+        call = owned(self._answer(method, request, as_plain, _Replies(writer)), f"control {method.name}")
+        gone = owned(_hung_up(reader), f"control {method.name} caller")
         try:
             await asyncio.wait((call, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (call, gone):
                 task.cancel()
             await asyncio.gather(call, gone, return_exceptions=True)
-        await writer.drain()
 
-    async def _answer(self, method: Method, request: Any, as_plain: bool, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, method: Method, request: Any, as_plain: bool, replies: _Replies) -> None:
         def encode(reply: Message) -> bytes:
             return json.dumps(plain(reply)).encode() if as_plain else reply.SerializeToString()
 
         try:
-            handler = getattr(self.control, method.name)
-            if method.streaming:
-                replies: AsyncIterator[Any] = handler(request)
-                async for reply in replies:
-                    writer.write(frame(FrameKind.REPLY, encode(reply)))
-                    await writer.drain()
-                writer.write(frame(FrameKind.END))
-            else:
-                answer: Awaitable[Any] = handler(request)
-                writer.write(frame(FrameKind.REPLY, encode(await answer)))
-        except MigError as exc:
-            writer.write(error_frame(exc))
-        except Exception as exc:
-            log.exception("internal error in %s", method.name)
-            failed = f"the daemon failed with {type(exc).__name__}: {exc}; see daemon.log in its state directory"
-            writer.write(error_frame(MigError(failed)))
-        await writer.drain()
+            try:
+                handler = getattr(self.control, method.name)
+                if method.streaming:
+                    stream: AsyncIterator[Any] = handler(request)
+                    async for reply in stream:
+                        await replies.send(frame(FrameKind.REPLY, encode(reply)))
+                    await replies.send(frame(FrameKind.END))
+                else:
+                    answer: Awaitable[Any] = handler(request)
+                    await replies.send(frame(FrameKind.REPLY, encode(await answer)))
+            except MigError as exc:
+                await replies.send(error_frame(exc))
+            except _HungUp:
+                raise
+            except Exception as exc:
+                log.exception("internal error in %s", method.name)
+                failed = f"the daemon failed with {type(exc).__name__}: {exc}; see daemon.log in its state directory"
+                await replies.send(error_frame(MigError(failed)))
+        except _HungUp:
+            pass  # the caller went away: nobody to answer
+
+
+class _HungUp(Exception):
+    """The caller closed its end while the daemon wrote to it."""
+
+
+class _Replies:
+    """The caller's end: a write to a caller that went away raises ``_HungUp``, never a connection error."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except ConnectionError:
+            raise _HungUp from None
+
+
+async def _hung_up(reader: asyncio.StreamReader) -> None:
+    """Return when the caller closes its end (it sends nothing after its call) or resets it."""
+    with contextlib.suppress(ConnectionError):
+        await reader.read(1)

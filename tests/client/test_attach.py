@@ -76,8 +76,8 @@ def test_ctrl_c_at_any_moment_gives_the_terminal_back(shared_daemon: Daemon, app
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)  # a hang fails here
         assert proc.returncode in (0, 1, 130, -signal.SIGINT), (proc.returncode, err)
-        if b"Traceback" in err:
-            # Only Python's own start-up (site, the console script's first import) may be cut with a traceback:
-            # no frame of ours runs before the handler is in place.
-            assert b"KeyboardInterrupt" in err and b"/client/" not in err and b"grpc" not in err, err
+        if err.strip():
+            # Only the interpreter's own start-up (its streams, site, the console script's first import) may be cut
+            # with a message of Python's: no code of ours runs before the handler is in place.
+            assert b"/client/" not in err and b"grpc" not in err and b"mig: " not in err, err
     assert shared_daemon.app("att4")["state"] == "running"

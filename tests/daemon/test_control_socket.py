@@ -81,6 +81,21 @@ def test_a_follower_that_goes_away_ends_its_stream_in_the_daemon(daemon: Daemon,
     assert daemon.app("tick")["state"] == "running"
 
 
+def test_callers_that_reset_their_connection_leave_no_trace(daemon: Daemon, app_dir: AppDir) -> None:
+    """A caller killed mid-call resets its connection (RST): the daemon ends the call quietly (the harness fails
+    a test whose daemon logged a traceback)."""
+    daemon.mig("run", str(app_dir.write("reset.py", TICKER)))
+    for follow, method in ((True, "Logs"), (False, "Logs"), (False, "List")):
+        request = pb.LogsRequest(name="reset", follow=follow) if method == "Logs" else pb.ListRequest()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(daemon.dir / "control.sock"))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            sock.sendall(call_frame(method, request.SerializeToString()))
+            time.sleep(0.2)
+    daemon.wait_logs("reset", "tick 3")
+    assert daemon.app("reset")["state"] == "running"
+
+
 def test_mig_says_so_when_the_socket_speaks_another_protocol() -> None:
     """A daemon of an older migrated (gRPC on the socket) answers in HTTP/2: one sentence, exit 6."""
     state = new_state_dir()
