@@ -457,27 +457,35 @@ class Slow(migrated.App):
         time.sleep(0.3)
         print(f"got {line}", flush=True)
 """
+RESTORED = """
+    def on_restore(self):
+        print("restored", flush=True)
+"""
 
 
 def test_input_not_yet_handled_goes_along_with_a_rehome(bed: HomeBed) -> None:
-    """The app handles a line in 0.3 s and lines come every 50 ms, so some wait at the old home when it freezes."""
+    """The app handles a line in 0.3 s; twelve lines are typed at once, then the rehome starts, so several still
+    wait at the old home when it freezes. Lines typed during the rehome are taken until the home moves on."""
     h0, h1 = bed.daemons[0], bed.host("h1")
-    run(bed, "slow", SLOW.replace("0.3", "0.1"))
+    run(bed, "slow", SLOW + RESTORED)
+    for n in range(1, 13):
+        h0.mig("send", "slow", str(n))
+    sent = 12
     rehome = threading.Thread(target=lambda: h0.mig("rehome", "slow", "h1", timeout=120), daemon=True)
-    sent = 0
-    while sent < 3 or rehome.is_alive():
+    rehome.start()
+    while rehome.is_alive():
         if h0.mig("send", "slow", str(sent + 1), check=None).code != 0:
             break  # the home moved on: input is typed at h1 now
         sent += 1
-        if sent == 3:
-            rehome.start()
         time.sleep(0.02)
     rehome.join(60)
-    assert sent > 3
+    assert not rehome.is_alive()
 
     def arrived() -> list[int] | None:
         got = numbers(h1.mig("logs", "slow").out, "got")
         return got if got and got[-1] == sent else None
 
     contiguous(wait_until(arrived, 30, what="every line typed at the old home"))
+    after_thaw = h1.mig("logs", "slow").out.partition("restored\n")[2]
+    assert numbers(after_thaw, "got"), "no line typed at the old home was left for the app at its new home"
     h1.mig("kill", "slow")
