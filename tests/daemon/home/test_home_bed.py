@@ -464,8 +464,8 @@ RESTORED = """
 
 
 def test_input_not_yet_handled_goes_along_with_a_rehome(bed: HomeBed) -> None:
-    """The app handles a line in 0.3 s; twelve lines are typed at once, then the rehome starts, so several still
-    wait at the old home when it freezes. Lines typed during the rehome are taken until the home moves on."""
+    """The app handles a line in 0.3 s; twelve lines are typed at once, then the rehome starts, and more lines
+    while it runs (taken until the home moves on): every line reaches the app once, in order, across the rehome."""
     h0, h1 = bed.daemons[0], bed.host("h1")
     run(bed, "slow", SLOW + RESTORED)
     for n in range(1, 13):
@@ -486,6 +486,8 @@ def test_input_not_yet_handled_goes_along_with_a_rehome(bed: HomeBed) -> None:
         return got if got and got[-1] == sent else None
 
     contiguous(wait_until(arrived, 30, what="every line typed at the old home"))
+    # Input was in flight during the rehome: lines left for the new home to hand to the app, or lines typed while
+    # the rehome ran (a slow freeze takes them; a quick one leaves the first twelve queued).
     after_thaw = h1.mig("logs", "slow").out.partition("restored\n")[2]
-    assert numbers(after_thaw, "got"), "no line typed at the old home was left for the app at its new home"
+    assert sent > 12 or numbers(after_thaw, "got"), "no input was in flight during the rehome"
     h1.mig("kill", "slow")
