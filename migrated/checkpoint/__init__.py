@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from migrated.checkpoint._archive import Export, Signature, read_export
-    from migrated.checkpoint._assemble import code_bundle
-    from migrated.checkpoint._chunks import BufferLayout, Chunked, Piece, chunk_hash, chunk_snapshot
+    from migrated.checkpoint._assemble import Assembled, code_bundle
+    from migrated.checkpoint._chunks import BufferLayout, Chunked, HashMemo, Piece, chunk_hash, chunk_snapshot
     from migrated.checkpoint._codec import Codec, StoredChunk
-    from migrated.checkpoint._fingerprint import code_files, package_versions, runtime_fingerprint
+    from migrated.checkpoint._fingerprint import code_files, imported_modules, package_versions, runtime_fingerprint
     from migrated.checkpoint._manifest import (
         Draft,
         Kind,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from migrated.checkpoint._writes import GcReport
 
 __all__ = [
+    "Assembled",
     "BufferLayout",
     "Chunked",
     "Codec",
@@ -52,6 +53,7 @@ __all__ = [
     "Draft",
     "Export",
     "GcReport",
+    "HashMemo",
     "Kind",
     "Loaded",
     "OutOfBand",
@@ -74,6 +76,7 @@ __all__ = [
     "code_files",
     "deserialise",
     "immediate",
+    "imported_modules",
     "make_draft",
     "package_mismatches",
     "package_versions",
@@ -89,15 +92,18 @@ _HOME = {
     "Export": "_archive",
     "Signature": "_archive",
     "read_export": "_archive",
+    "Assembled": "_assemble",
     "code_bundle": "_assemble",
     "BufferLayout": "_chunks",
     "Chunked": "_chunks",
+    "HashMemo": "_chunks",
     "Piece": "_chunks",
     "chunk_hash": "_chunks",
     "chunk_snapshot": "_chunks",
     "Codec": "_codec",
     "StoredChunk": "_codec",
     "code_files": "_fingerprint",
+    "imported_modules": "_fingerprint",
     "package_versions": "_fingerprint",
     "runtime_fingerprint": "_fingerprint",
     "Draft": "_manifest",

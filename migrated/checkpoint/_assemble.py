@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 from migrated.checkpoint._chunks import chunk_hash
 from migrated.checkpoint._codec import StoredChunk, decode
@@ -35,24 +36,42 @@ def check_chunk(digest: bytes, stored: StoredChunk) -> memoryview:
 
 
 class Assembled:
-    """The targets a version's chunks are copied into: the stream, each buffer and each code file."""
+    """The targets a version's chunks are copied into: the stream, each buffer and each code file.
 
-    def __init__(self, manifest: pb.CheckpointManifest) -> None:
+    Given ``ahead`` (another version of the same app, assembled earlier: a move's pre-copy), each buffer of the
+    same place and size is taken over with its bytes, and a chunk found there at the same offset is not needed
+    again: only the rest is read (``needed``). ``ahead`` is used up."""
+
+    def __init__(self, manifest: pb.CheckpointManifest, ahead: Assembled | None = None) -> None:
         self.manifest = manifest
         self.stream = bytearray(sum(ref.size for ref in manifest.stream))
-        self.buffers = [bytearray(buffer.size) for buffer in manifest.buffers]
+        self.buffers = [_take_over(ahead, index, buffer.size) for index, buffer in enumerate(manifest.buffers)]
         self.code = {file.path: bytearray(file.size) for file in manifest.code}
         self._places: dict[bytes, list[tuple[bytearray, int, int]]] = {}
         self._place(self.stream, manifest.stream)
-        for target, buffer in zip(self.buffers, manifest.buffers, strict=True):
-            self._place(target, buffer.chunks)
+        for index, (target, buffer) in enumerate(zip(self.buffers, manifest.buffers, strict=True)):
+            there = set()
+            if ahead is not None and index < len(ahead.buffers) and ahead.buffers[index] is target:
+                there = _at(ahead.manifest.buffers[index].chunks)
+            self._place(target, buffer.chunks, there)
         for file in manifest.code:
             self._places.setdefault(file.hash, []).append((self.code[file.path], 0, file.size))
+        if ahead is not None:
+            ahead.buffers = []
 
-    def _place(self, target: bytearray, refs: Iterable[pb.ChunkRef]) -> None:
+    @property
+    def needed(self) -> list[bytes]:
+        """The hashes of the chunks still to put."""
+        return list(self._places)
+
+    def _place(
+        self, target: bytearray, refs: Iterable[pb.ChunkRef], there: AbstractSet[tuple[bytes, int]] = frozenset()
+    ) -> None:
+        """Where each chunk of ``refs`` goes in ``target``, but for those ``there`` already (hash, offset)."""
         offset = 0
         for ref in refs:
-            self._places.setdefault(ref.hash, []).append((target, offset, ref.size))
+            if (ref.hash, offset) not in there:
+                self._places.setdefault(ref.hash, []).append((target, offset, ref.size))
             offset += ref.size
 
     def put(self, digest: bytes, stored: StoredChunk) -> None:
@@ -79,6 +98,22 @@ class Assembled:
     def code_files(self) -> dict[str, bytes]:
         """The code bundle, path to content."""
         return {path: bytes(data) for path, data in self.code.items()}
+
+
+def _take_over(ahead: Assembled | None, index: int, size: int) -> bytearray:
+    """Buffer ``index`` of ``ahead`` when it has that size, else a new one."""
+    if ahead is not None and index < len(ahead.buffers) and len(ahead.buffers[index]) == size:
+        return ahead.buffers[index]
+    return bytearray(size)
+
+
+def _at(refs: Iterable[pb.ChunkRef]) -> set[tuple[bytes, int]]:
+    """Each chunk of ``refs`` as (hash, offset)."""
+    found, offset = set(), 0
+    for ref in refs:
+        found.add((ref.hash, offset))
+        offset += ref.size
+    return found
 
 
 def assemble(manifest: pb.CheckpointManifest, chunks: Iterable[tuple[bytes, StoredChunk]]) -> Assembled:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["code_files", "package_versions", "runtime_fingerprint"]
+__all__ = ["code_files", "imported_modules", "package_versions", "runtime_fingerprint"]
 
 _OWN = "migrated"
 _INSTALLED = frozenset({"site-packages", "dist-packages", ".venv", "venv", "__pypackages__"})
@@ -41,6 +42,16 @@ def package_versions(modules: Mapping[str, ModuleType] | None = None) -> dict[st
     return {name: version for name, version in found.items() if version}
 
 
+def imported_modules(modules: Mapping[str, ModuleType] | None = None) -> list[str]:
+    """The top-level modules of third-party distributions the app has imported (a thaw may import them ahead)."""
+    loaded = sys.modules if modules is None else modules
+    top = {name.partition(".")[0] for name in loaded}
+    installed = _distributions()
+    return sorted(
+        name for name in top - set(sys.stdlib_module_names) - {_OWN} if _OWN not in installed.get(name, [_OWN])
+    )
+
+
 @functools.cache
 def _distributions() -> Mapping[str, list[str]]:
     return importlib.metadata.packages_distributions()
@@ -67,11 +78,18 @@ def code_files(app_file: str | Path, modules: Mapping[str, ModuleType] | None = 
     return [(path.relative_to(root).as_posix(), path.read_bytes()) for path in sorted(paths)]
 
 
+@functools.lru_cache(maxsize=8192)  # every checkpoint asks again for each loaded module: a freeze must not wait
+def _resolved(file: str) -> Path:
+    return Path(file).resolve()
+
+
 def _source_of(name: str, module: ModuleType, root: Path) -> Path | None:
     file = getattr(module, "__file__", None)
     if not file or name.partition(".")[0] == _OWN or not file.endswith(".py"):
         return None
-    path = Path(file).resolve()
+    path = _resolved(file)
+    if not str(path).startswith(str(root).rstrip(os.sep) + os.sep):  # the quick test; most modules fail it
+        return None
     if not path.is_relative_to(root) or _INSTALLED & set(path.relative_to(root).parts):
         return None
     return path if path.is_file() else None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from migrated.checkpoint import _codec
-from migrated.checkpoint._chunks import HASH_SIZE, BufferLayout, Chunked, Piece, chunk_hash, chunk_snapshot
+from migrated.checkpoint._chunks import HASH_SIZE, BufferLayout, Chunked, HashMemo, Piece, chunk_hash, chunk_snapshot
 from migrated.checkpoint._snapshot import Bytes, Snapshot
 from migrated.errors import CheckpointError
 from migrated.transport.v1 import checkpoint_pb2 as pb
@@ -89,13 +89,16 @@ def make_draft(
     parent: int = 0,
     runtime: Mapping[str, str] | None = None,
     packages: Mapping[str, str] | None = None,
+    modules: Iterable[str] = (),
+    memo: HashMemo | None = None,
 ) -> Draft:
     """Chunk ``state`` (unless it is chunked already) and describe it, with its code bundle, in a manifest.
 
     ``code`` is the app's own source files as (path relative to the app's directory, content); ``runtime``
-    and ``packages`` come from ``runtime_fingerprint()`` and ``package_versions()`` in the runner.
+    ``packages`` and ``modules`` come from ``runtime_fingerprint()``, ``package_versions()`` and
+    ``imported_modules()`` in the runner, and ``memo`` is its ``HashMemo``.
     """
-    chunked = state if isinstance(state, Chunked) else chunk_snapshot(state)
+    chunked = state if isinstance(state, Chunked) else chunk_snapshot(state, memo)
     manifest = pb.CheckpointManifest(
         format_version=FORMAT_VERSION,
         app=app,
@@ -112,6 +115,7 @@ def make_draft(
         manifest.runtime.CopyFrom(pb.RuntimeFingerprint(**runtime))
     for name, version in sorted((packages or {}).items()):
         manifest.packages.add(name=name, version=version)
+    manifest.modules.extend(modules)
     _add_chunks(manifest, chunked)
     pieces = dict(chunked.pieces)
     _add_code(manifest, pieces, code)

@@ -123,6 +123,16 @@ def chunk_ids(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, 
     return found
 
 
+def stored_sizes(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, int]:
+    """The stored size of those of ``hashes`` that are stored."""
+    found: dict[bytes, int] = {}
+    for start in range(0, len(hashes), _BATCH):
+        batch = hashes[start : start + _BATCH]
+        marks = ",".join("?" * len(batch))
+        found.update(conn.execute(f"SELECT hash, stored_size FROM chunks WHERE hash IN ({marks})", batch))
+    return found
+
+
 def read_version_chunks(conn: sqlite3.Connection, version_id: int) -> Iterator[tuple[bytes, StoredChunk]]:
     """Every chunk a version references, as stored."""
     query = (

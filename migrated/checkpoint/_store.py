@@ -24,7 +24,7 @@ from typing import BinaryIO, TypeVar
 
 from migrated._storage import disk_problem, fix, storage_error
 from migrated.checkpoint import _archive, _retention, _rows, _schema, _writes
-from migrated.checkpoint._assemble import Assembled, Damage, check_chunk, code_bundle
+from migrated.checkpoint._assemble import Assembled, Damage, assemble, check_chunk, code_bundle
 from migrated.checkpoint._chunks import Piece
 from migrated.checkpoint._codec import Codec, StoredChunk, encode
 from migrated.checkpoint._manifest import Draft, Kind, check_manifest, chunk_hashes, proto_kind
@@ -191,30 +191,50 @@ class Store:
         with self._read() as conn:
             return set(wanted) - set(_rows.chunk_ids(conn, wanted))
 
+    def stored_sizes(self, hashes: Iterable[bytes]) -> dict[bytes, int]:
+        """The stored (compressed or raw) size of those of ``hashes`` that are stored."""
+        with self._read() as conn:
+            return _rows.stored_sizes(conn, list(hashes))
+
     def read_chunks(self, hashes: Iterable[bytes]) -> Iterator[tuple[bytes, StoredChunk]]:
         """Stored chunks as they are kept (compressed or raw): what a transfer or an export sends."""
         with self._read() as conn:
             yield from _rows.read_chunks(conn, hashes)
 
-    def load(self, app: str, version: int | None = None) -> Loaded:
+    def load(self, app: str, version: int | None = None, ahead: Assembled | None = None) -> Loaded:
         """Bring a version back (the latest when ``version`` is None), checking every chunk against its hash.
 
         A damaged or missing chunk raises ``CheckpointDamagedError`` naming the app and version, so the caller
         can fall back to an earlier version (``load_last_good`` does). A version larger than the memory this host
-        has available is refused before anything is allocated.
+        has available is refused before anything is allocated. With ``ahead`` (``read_ahead`` of an earlier
+        version), only the chunks it lacks are read.
         """
         with self._read() as conn:
             row = _rows.find_version(conn, app, version)
             check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
             _check_fits(row.manifest, row.info)
-            assembled = Assembled(row.manifest)
+            assembled = Assembled(row.manifest, ahead)
+            chunks = (
+                _rows.read_version_chunks(conn, row.id) if ahead is None else _rows.read_chunks(conn, assembled.needed)
+            )
             try:
-                for digest, stored in _rows.read_version_chunks(conn, row.id):
+                for digest, stored in chunks:
                     assembled.put(digest, stored)
                 snapshot = assembled.snapshot()
             except Damage as damage:
                 raise _damaged(app, row.info.version, damage) from None
         return Loaded(row.info, row.manifest, snapshot, assembled.code_files())
+
+    def read_ahead(self, app: str, version: int) -> Assembled:
+        """A version's bytes, checked but not unpickled, for a ``load`` of a later version to start from."""
+        with self._read() as conn:
+            row = _rows.find_version(conn, app, version)
+            check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
+            _check_fits(row.manifest, row.info)
+            try:
+                return assemble(row.manifest, _rows.read_version_chunks(conn, row.id))
+            except Damage as damage:
+                raise _damaged(app, row.info.version, damage) from None
 
     def load_code(self, app: str, version: int | None = None) -> tuple[VersionInfo, pb.CheckpointManifest, Code]:
         """A version's manifest and code bundle, checked, without its state (what a daemon needs to run it)."""
@@ -282,6 +302,13 @@ class Store:
             return ready[digest] if digest in ready else _encoded(digest, chunks)
 
         return self._write(lambda conn: _writes.put_version(conn, manifest, source, new_app=new_app))
+
+    def put_chunks(self, chunks: Mapping[bytes, StoredChunk]) -> int:
+        """Store chunks ahead of the version that uses them (a move's incoming stream, a part at a time), each
+        checked against its hash; return the bytes added. Until a version uses them, ``gc`` may remove them."""
+        missing = self.missing(chunks)
+        ready = {digest: _encoded(digest, chunks) for digest in missing}
+        return self._write(lambda conn: _writes.put_chunks(conn, ready))
 
     def put_draft(self, draft: Draft) -> VersionInfo:
         """``put_version`` of a draft made in this process."""

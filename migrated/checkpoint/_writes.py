@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from migrated.checkpoint import _retention
@@ -47,6 +47,13 @@ def put_version(
         app_id, number, latest = _app_for_new_version(conn, manifest.app)
         final = _finish(manifest, number, manifest.parent or latest, added)
         return _insert_version(conn, app_id, final, set(ids.values()))
+
+
+def put_chunks(conn: sqlite3.Connection, chunks: Mapping[bytes, StoredChunk]) -> int:
+    """Store those of ``chunks`` the store lacks, checked by the caller; return the bytes added."""
+    with immediate(conn):
+        stored = chunk_ids(conn, list(chunks))
+        return sum(_insert_chunk(conn, digest, chunk)[1] for digest, chunk in chunks.items() if digest not in stored)
 
 
 def copy_version(

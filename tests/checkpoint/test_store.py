@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from migrated.checkpoint import (
+    Assembled,
     RetentionPolicy,
     Store,
     VersionInfo,
@@ -253,3 +254,47 @@ def test_a_detached_draft_copies_only_what_the_store_lacks(store: Store) -> None
     array[:] = 0.0  # the app runs on
     store.put_draft(detached)
     assert np.array_equal(load(store, "a")["array"], expected)
+
+
+def test_a_load_from_a_version_read_ahead_reads_only_what_differs(tmp_path: Path) -> None:
+    """A move's destination reads the pre-copied version ahead; the final one then reads only its changed
+    chunks, and comes out exactly as a whole load does, also when buffers changed size or came and went."""
+    path = tmp_path / "checkpoints.db"
+    kept, grown = random_array(4, seed=1), random_array(1, seed=2)
+    with Store(path) as store:
+        put(store, "a", {"kept": kept, "grown": grown, "n": 1})
+        kept[1000:1100] = 0.25  # one chunk of it changes
+        changed: dict[str, Any] = {
+            "kept": kept,
+            "grown": np.concatenate([grown, grown]),
+            "new": random_array(1, seed=3),
+            "n": 2,
+        }
+        put(store, "a", changed)
+        ahead = store.read_ahead("a", 1)
+        whole = load(store, "a", 2)
+        loaded = store.load("a", 2, ahead)
+        assert not ahead.buffers  # taken over, not copied
+        state = deserialise(loaded.snapshot)
+        assert state["n"] == 2 and state.keys() == whole.keys() == changed.keys()
+        for name in ("kept", "grown", "new"):
+            assert np.array_equal(state[name], changed[name]) and np.array_equal(whole[name], changed[name])
+        first, second = store.manifest("a", 1), store.manifest("a", 2)
+        needed = set(Assembled(second, store.read_ahead("a", 1)).needed)
+        old, new = ([ref.hash for ref in manifest.buffers[0].chunks] for manifest in (first, second))  # "kept"
+        assert len(old) == len(new) == 64 and needed & set(new) == {
+            h for h, was in zip(new, old, strict=True) if h != was
+        }
+        assert len(needed & set(new)) == 1  # of the 64 chunks of the 4 MiB that stayed, the one that changed
+
+
+def test_a_damaged_chunk_is_caught_in_a_load_from_a_version_read_ahead(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.db"
+    array = random_array(2)
+    with Store(path) as store:
+        put(store, "a", {"array": array})
+        array[-1000:] = np.random.default_rng(5).standard_normal(1000)  # changes the last chunk only
+        put(store, "a", {"array": array})
+    flip_bit_on_disk(path, array[-600:].tobytes()[:64])
+    with Store(path) as store, pytest.raises(CheckpointDamagedError, match="version 2 of 'a' is damaged"):
+        store.load("a", 2, store.read_ahead("a", 1))

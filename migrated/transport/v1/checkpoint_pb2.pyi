@@ -256,6 +256,7 @@ class CheckpointManifest(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     ORIGIN_APP_FIELD_NUMBER: _builtins.int
     ORIGIN_VERSION_FIELD_NUMBER: _builtins.int
+    MODULES_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     app: _builtins.str
     version: _builtins.int
@@ -299,6 +300,10 @@ class CheckpointManifest(_message.Message):
     def buffers(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateBuffer]:
         """its out-of-band buffers, in the order the stream uses them"""
 
+    @_builtins.property
+    def modules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """top-level modules of packages the app had imported"""
+
     def __init__(
         self,
         *,
@@ -323,10 +328,11 @@ class CheckpointManifest(_message.Message):
         total_bytes: _builtins.int = ...,
         origin_app: _builtins.str = ...,
         origin_version: _builtins.int = ...,
+        modules: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["runtime", b"runtime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_class", b"app_class", "app_module", b"app_module", "buffers", b"buffers", "bytes_added", b"bytes_added", "code", b"code", "console_cursor", b"console_cursor", "created", b"created", "epoch", b"epoch", "format_version", b"format_version", "kind", b"kind", "message", b"message", "origin_app", b"origin_app", "origin_version", b"origin_version", "packages", b"packages", "parent", b"parent", "runtime", b"runtime", "serializer", b"serializer", "stream", b"stream", "total_bytes", b"total_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_class", b"app_class", "app_module", b"app_module", "buffers", b"buffers", "bytes_added", b"bytes_added", "code", b"code", "console_cursor", b"console_cursor", "created", b"created", "epoch", b"epoch", "format_version", b"format_version", "kind", b"kind", "message", b"message", "modules", b"modules", "origin_app", b"origin_app", "origin_version", b"origin_version", "packages", b"packages", "parent", b"parent", "runtime", b"runtime", "serializer", b"serializer", "stream", b"stream", "total_bytes", b"total_bytes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
