@@ -108,6 +108,7 @@ class Runner:
         self._on_frame: Callable[[_wire.Frame], None] | None = None
         self._on_end: list[Callable[[], None]] = []
         self._conversation = asyncio.Lock()  # one checkpoint exchange at a time, abandoned ones included
+        self._reading = asyncio.Lock()  # a read-ahead, then the load
         self._abandoned: asyncio.Task[None] | None = None
 
     @property
@@ -147,11 +148,30 @@ class Runner:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         return cls(proc, reader, writer, stacks)
 
+    async def read_ahead(self, request: dict[str, Any]) -> None:
+        """Have a spare import an arriving app's modules and read its pre-copied version (``Kind.AHEAD``); return
+        when it has (a ``load`` meanwhile waits)."""
+        async with self._reading:
+            await self._send(_wire.encode_json(_wire.Kind.AHEAD, request))
+            try:
+                frame = await asyncio.wait_for(self._next_frame(), LOAD_TIMEOUT)
+            except TimeoutError:
+                frame = None
+            if frame is None or frame.kind is not _wire.Kind.AHEAD:
+                self.kill()
+                raise RunnerError(f"the runner readied for an arriving app ({self.pid}) did not read ahead")
+
     async def load(
         self, spec: dict[str, Any], console: Console, home_io: Callable[[_wire.Frame], None] | None = None
     ) -> dict[str, Any]:
         """Send the app to load; return what the runner reported, or raise the error it reported. ``home_io``
         takes the runner's home I/O frames (also while it loads: a thaw reopens files)."""
+        async with self._reading:
+            return await self._load(spec, console, home_io)
+
+    async def _load(
+        self, spec: dict[str, Any], console: Console, home_io: Callable[[_wire.Frame], None] | None
+    ) -> dict[str, Any]:
         self._on_frame = home_io
         self._writer.write(_wire.encode_json(_wire.Kind.LOAD, spec))
         await self._writer.drain()

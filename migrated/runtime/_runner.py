@@ -224,6 +224,8 @@ class Driver:
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 _STACKS: Any = None  # the pipe SIGUSR2 writes the app's stack to: kept open while the runner lives
+_MEMO: list[Any] = []  # the runner's HashMemo, once it captured
+_AHEAD: list[Any] = []  # the version a spare read ahead (AHEAD), for the LOAD that thaws a later one
 _STEPPING = "_mig_stepping"  # saved with the state: whether step() still runs after a thaw
 _HOME_STATE = "_mig_home"  # saved with the state: the home line's cursor and unacknowledged output
 
@@ -237,6 +239,7 @@ def _capture(app: App, spec: dict[str, Any], request: dict[str, Any], stepping: 
     with _runtime_files():
         code = checkpoint.code_files(spec["file"]) if spec.get("file") else []
         packages = checkpoint.package_versions()
+        modules = checkpoint.imported_modules()
     return checkpoint.make_draft(
         spec["name"],
         snapshot,
@@ -247,7 +250,18 @@ def _capture(app: App, spec: dict[str, Any], request: dict[str, Any], stepping: 
         app_class=type(app).__qualname__,
         runtime=checkpoint.runtime_fingerprint(),
         packages=packages,
+        modules=modules,
+        memo=_memo(),
     )
+
+
+def _memo() -> Any:
+    """The runner's ``HashMemo``: each capture hashes only the chunks that changed since the one before."""
+    from migrated import checkpoint
+
+    if not _MEMO:
+        _MEMO.append(checkpoint.HashMemo())
+    return _MEMO[0]
 
 
 def _runtime_files() -> contextlib.AbstractContextManager[None]:
@@ -267,7 +281,7 @@ def _thaw(spec: dict[str, Any]) -> tuple[App, dict[str, Any]]:
     with _runtime_files(), checkpoint.Store(restore["store"], readonly=True) as store:
         notes: list[str] = []
         if restore.get("version"):
-            loaded = store.load(spec["name"], int(restore["version"]))
+            loaded = store.load(spec["name"], int(restore["version"]), _AHEAD.pop() if _AHEAD else None)
         else:
             loaded, damaged = store.load_last_good(spec["name"])
             notes = [error.message for error in damaged]
@@ -327,6 +341,10 @@ def main(argv: list[str]) -> int:
         _name_process("mig-spare")
         _warm()
     frame = channel.recv()
+    while frame is not None and frame.kind is _wire.Kind.AHEAD:
+        _read_ahead(frame.json())
+        channel.send(_wire.Kind.AHEAD, {})
+        frame = channel.recv()
     if frame is None or frame.kind is not _wire.Kind.LOAD:
         return 2
     spec = frame.json()
@@ -355,9 +373,24 @@ def main(argv: list[str]) -> int:
 def _warm() -> None:
     """Import what a thaw and a checkpoint need (a spare runner does it while it waits for an app)."""
     from migrated import checkpoint
+    from migrated.runtime import _files  # noqa: F401  (an app away from home needs it)
 
-    for name in ("Store", "restore", "capture", "make_draft", "code_files", "package_versions", "runtime_fingerprint"):
+    for name in ("Store", "restore", "capture", "make_draft", "code_files", "runtime_fingerprint", "HashMemo"):
         getattr(checkpoint, name)  # the package resolves its names lazily
+    checkpoint.package_versions()  # reads what is installed once, for the first capture
+
+
+def _read_ahead(ahead: dict[str, Any]) -> None:
+    """Import what an arriving app had imported and read its pre-copied version, while its move goes on. Only
+    a shortcut: what fails here is done again, or fails for good, in the thaw."""
+    from migrated import checkpoint
+
+    for name in ahead.get("modules", []):
+        if isinstance(name, str) and name.isidentifier():  # a top-level module, nothing else
+            with contextlib.suppress(Exception):
+                __import__(name)
+    with contextlib.suppress(Exception), checkpoint.Store(str(ahead["store"]), readonly=True) as store:
+        _AHEAD[:] = [store.read_ahead(str(ahead["app"]), int(ahead["version"]))]
 
 
 def _enter(cwd: str) -> None:

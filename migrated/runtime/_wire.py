@@ -64,6 +64,9 @@ class Kind(enum.IntEnum):
     CONSOLE = 21  # app's host -> home: {"session", "first", "sizes", "state", "reason", "pid"} + the lines, joined:
     # console lines numbered from "first" in that daemon's "session", and how the app is doing there
     CONSOLE_ACK = 22  # home -> app's host: {"session", "applied"}: every console line up to "applied" is kept
+    # daemon -> spare runner, before LOAD: {"modules", "store", "app", "version"}: import those modules and read
+    # that version ahead, then answer AHEAD {}; a LOAD that thaws a later version then reads only what differs
+    AHEAD = 23
 
 
 class FrameError(ValueError):

@@ -94,12 +94,14 @@ class AppTable:
         await self.registry.save(record, State.RUNNING)
         return record
 
-    async def start(self, record: AppRecord, load: dict[str, object]) -> dict[str, Any]:
-        """Start a runner for ``record`` and load (or thaw) the app in it; return what the runner reported."""
+    async def start(self, record: AppRecord, load: dict[str, object], readied: str = "") -> dict[str, Any]:
+        """Start a runner for ``record`` and load (or thaw) the app in it; return what the runner reported.
+        ``readied``: the key of a runner readied for it (``SpareRunners.ready_for``)."""
         record.state, record.runner = State.STARTING, None
         record.ended = asyncio.Event()  # a stop waits for this run, not for the end of the one before
+        started = time.perf_counter()
         try:
-            record.runner = await self.spares.take(record.spec.cwd)
+            record.runner = await self.spares.take(record.spec.cwd, readied)
             frames = self.io.attach(record, record.runner)
             home = {"cwd": record.spec.home_cwd or record.spec.cwd, "away": record.files_away}
             load = {**load, "cwd": record.spec.cwd, "home": {**home, "local": [str(self._state_dir)]}}
@@ -121,7 +123,7 @@ class AppTable:
         if record.spec.autosave > 0:
             autosave = self.checkpointer.autosave(record, record.runner)
             record.autosave_task = self._tasks.spawn(autosave, f"autosave {record.name}")
-        log.info("started %s (pid %d)", record.name, record.pid)
+        log.info("started %s (pid %d) in %.0f ms", record.name, record.pid, (time.perf_counter() - started) * 1000)
         return loaded
 
     async def _watch(self, record: AppRecord, runner: Runner) -> None:
@@ -275,9 +277,11 @@ class AppTable:
             )
         self.io.input(record, text)
 
-    async def arrive(self, spec: AppSpec, version: int, place: Place, console: list[bytes] | None = None) -> AppRecord:
+    async def arrive(
+        self, spec: AppSpec, version: int, place: Place, console: list[bytes] | None = None, readied: str = ""
+    ) -> AppRecord:
         """Run an app that moved here, from ``version`` (already in the store), at ``place``; ``console`` starts the
-        log of an app whose home moves here."""
+        log of an app whose home moves here; ``readied`` names the runner readied for it, if any."""
         record = self.registry.find(spec.name)
         if record is None:
             record = AppRecord(spec, self.registry.console(spec.name))
@@ -290,7 +294,7 @@ class AppTable:
             await record.console.note(f"{spec.name}'s home moved here; the lines above are from its old home")
         record.place, record.remote.pid, record.version = place, 0, version
         async with record.lock:
-            await self.start(record, spec.load_request(str(self.store.path), version))
+            await self.start(record, spec.load_request(str(self.store.path), version), readied)
         await self.registry.save(record, State.RUNNING)
         await record.console.note(f"{spec.name} arrived (epoch {place.epoch}), from version {version}")
         return record

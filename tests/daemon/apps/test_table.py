@@ -34,6 +34,7 @@ import migrated
 class Counter(migrated.App):
     def start(self):
         self.n = 0
+        self.block = bytearray(1 << 20)  # a buffer of its own, kept apart from the stream
 
     def step(self):
         self.n += 1
@@ -89,7 +90,7 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, spares: int = 0) -> AsyncIterator[Rig]:
     """A table as the daemon composes it; at the end its runners are stopped and their watchers waited for, as
     when the daemon stops."""
     store = Store(tmp_path / "checkpoints.sqlite")
@@ -100,8 +101,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         async with asyncio.TaskGroup() as group:
             tasks = Tasks(group)
             io = IO()
-            table = AppTable(registry, Checkpointer(store, 5.0), io, tasks, store, tmp_path, SpareRunners(tasks, 0))
+            spare_runners = SpareRunners(tasks, spares)
+            table = AppTable(registry, Checkpointer(store, 5.0), io, tasks, store, tmp_path, spare_runners)
             yield Rig(table, registry, store, io, tmp_path)
+            spare_runners.close()
             for record in registry:
                 if record.running:
                     await table.stop(record.name, force=True)
@@ -125,6 +128,16 @@ async def counted(record: AppRecord, past: int) -> int:
             counts = [int(n) for n in re.findall(r"^n=(\d+)$", console_text(record), re.M)]
             if counts and counts[-1] > past:
                 return counts[-1]
+            await asyncio.sleep(0.05)
+
+
+async def first_count(record: AppRecord, mark: int) -> int:
+    """Wait for the first count the console shows past its first ``mark`` characters; return it."""
+    async with asyncio.timeout(15):
+        while True:
+            counts = re.findall(r"^n=(\d+)$", console_text(record)[mark:], re.M)
+            if counts:
+                return int(counts[0])
             await asyncio.sleep(0.05)
 
 
@@ -191,6 +204,45 @@ def test_a_crash_during_a_move_is_held_back_until_the_move_says(tmp_path: Path) 
             await r.table.bring_back(record)
             await shown(record, "mover is back from version 1")
             assert record.running and record.restarts == 1
+
+    asyncio.run(scenario())
+
+
+def maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as mapped:
+        return mapped.read()
+
+
+def test_an_arrival_thaws_in_the_runner_readied_for_it_and_reads_its_own_version(tmp_path: Path) -> None:
+    """A move readies a runner during its pre-copy (here: from version 1); the thaw of the final version (2, a
+    later count) takes that runner and goes on from version 2. A readied runner that died is passed over."""
+
+    async def scenario() -> None:
+        async with rig(tmp_path, spares=1) as r:
+            record = await r.table.run(r.spec("mover"))
+            await counted(record, 3)
+            async with record.lock:
+                await r.table.checkpointer.take(record, "manual", "")
+            before = await counted(record, await counted(record, 0) + 3)  # version 1 counted less than this
+            async with record.lock:
+                await r.table.checkpointer.take(record, "manual", "")
+            after = await counted(record, 0)  # version 2 counted at least `before`, at most this
+            await r.table.stop("mover", force=True)
+            spares, store = r.table.spares, str(r.store.path)
+            for key in ("move-1", "move-2"):  # "decimal": a module a runner does not import by itself
+                await spares.ready_for(key, {"modules": ["decimal"], "store": store, "app": "mover", "version": 1})
+            readied, dead = spares._ahead["move-1"], spares._ahead["move-2"]
+            assert "_decimal" in maps(readied.pid)  # what the app had imported, imported ahead
+            os.kill(dead.pid, signal.SIGKILL)
+            await dead.proc.wait()
+            for key in ("move-1", "move-2"):
+                mark = len(console_text(record))
+                record = await r.table.arrive(r.spec("mover"), 2, record.place, readied=key)
+                assert (record.pid == readied.pid) == (key == "move-1") and record.pid != dead.pid
+                first = await first_count(record, mark)
+                assert before < first <= after + 1  # from version 2, not from version 1
+                await r.table.stop("mover", force=True)
+            assert not spares._ahead
 
     asyncio.run(scenario())
 
