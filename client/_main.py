@@ -208,7 +208,7 @@ def move(ctx: Context, name: str, host: str, stop_and_copy: bool) -> None:
     with _render.MoveBar(sys.stdout.isatty()) as bar:
         for update in ctx.daemon.stub.Move(pb.MoveRequest(name=name, host=host, stop_and_copy=stop_and_copy)):
             bar.update(update)
-            if update.phase in ("pre-copy", "final copy"):
+            if update.phase.startswith("pre-copy") or update.phase == "final copy":
                 copied[update.phase] = update
             if update.app.name:
                 where = update.app.host

@@ -49,7 +49,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
 
     async def Preflight(self, request: pb.PreflightRequest, context: Context) -> pb.PreflightReply:
         await self.ready.wait()
-        return pb.PreflightReply(problems=self.destination.preflight(request))
+        return pb.PreflightReply(problems=await self.destination.preflight(request))
 
     async def Missing(self, request: pb.MissingRequest, context: Context) -> pb.MissingReply:
         await self.ready.wait()

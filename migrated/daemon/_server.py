@@ -94,7 +94,7 @@ def _compose(config: DaemonConfig, store: Store, db: Db, tasks: Tasks, stop: Cal
     versions = AppVersions(table, registry, checkpointer, store, exports, state_dir / "code")
     journal = Journal(db)
     source = MoveSource(registry, table, versions, home, peers, journal, store, tasks, host)
-    destination = MoveDestination(registry, table, home, peers, journal, store, tasks, state_dir, host)
+    destination = MoveDestination(registry, table, home, peers, journal, store, spares, tasks, state_dir, host)
     pairing = Pairing(peers)
     peer_service = PeerService(peers, source, destination, home, host)
     control = ControlService(

@@ -4,11 +4,13 @@ machine's ``Destination`` decides and this module carries its actions out: recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import platform
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from migrated.daemon._handoff import Action, AskDecision, DestState, Drop, Recor
 from migrated.daemon._peers import Peers
 from migrated.daemon._records import AppRecord, Place, State
 from migrated.daemon._retry import ASK, retry
+from migrated.daemon._spares import SpareRunners
 from migrated.daemon._tasks import Tasks
 from migrated.daemon.apps import AppRegistry, AppTable, spec_from_code
 from migrated.daemon.home import HomeIO
@@ -29,11 +32,13 @@ from migrated.daemon.move._transfer import receive, staging
 from migrated.discovery._paired import PairedPeer
 from migrated.errors import AppNotFoundError, AppStateError, MigError, UsageError
 from migrated.transport.v1 import peer_pb2 as pb
+from migrated.transport.v1.checkpoint_pb2 import CheckpointManifest
 
 __all__ = ["MoveDestination", "checked"]
 
 log = logging.getLogger("migrated.moves")
 
+READY_WAIT = 2.0  # seconds a pre-copy's reply waits at most for the runner readied for the app
 DISK_MARGIN = 2.5  # free space the destination wants, times the state: staged chunks pass through SQLite's WAL
 _MIGRATION_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -57,6 +62,7 @@ class MoveDestination:
         peers: Peers,
         journal: Journal,
         store: Store,
+        spares: SpareRunners,
         tasks: Tasks,
         state_dir: Path,
         host: str,
@@ -67,6 +73,7 @@ class MoveDestination:
         self.peers = peers
         self.journal = journal
         self.store = store
+        self._spares = spares
         self._tasks = tasks
         self._state_dir = state_dir
         self._code_dir = state_dir / "code"
@@ -74,8 +81,9 @@ class MoveDestination:
         self._arrivals: dict[str, tuple[list[bytes], list[str]]] = {}  # a rehome's console lines and unread input
         self._thawing: dict[str, asyncio.Task[AppRecord | MigError | None]] = {}  # a COMMIT repeated meanwhile waits
 
-    def preflight(self, request: pb.PreflightRequest) -> list[str]:
-        """Why the app could not run here, one phrase each (empty: it can)."""
+    async def preflight(self, request: pb.PreflightRequest) -> list[str]:
+        """Why the app could not run here, one phrase each (empty: it can). The room it needs is for the chunks
+        this host lacks (a move back, or one after a move cut short, needs less)."""
         checked(request.migration)
         manifest = request.manifest
         problems = []
@@ -85,10 +93,10 @@ class MoveDestination:
         installed = {name: None for name in importlib.metadata.packages_distributions()}
         problems += package_mismatches(manifest, package_versions(installed))  # type: ignore[arg-type]
         free = shutil.disk_usage(self._state_dir).free
-        if free < manifest.total_bytes * DISK_MARGIN:
-            problems.append(
-                f"this host has {free / 2**20:.0f} MiB free, the app needs {manifest.total_bytes / 2**20:.0f} MiB"
-            )
+        sizes = _chunk_sizes(manifest)
+        lacking = sum(sizes[digest] for digest in await asyncio.to_thread(self.store.missing, sizes))
+        if free < lacking * DISK_MARGIN:
+            problems.append(f"this host has {free / 2**20:.0f} MiB free, the app needs {lacking / 2**20:.0f} MiB")
         record = self.registry.find(request.migration.app)
         if record is not None and record.state is not State.AWAY:
             problems.append(f"an app called {request.migration.app!r} already exists on {self.host}")
@@ -100,8 +108,15 @@ class MoveDestination:
         return [digest for digest in hashes if digest in lacking]
 
     async def stage(self, requests: AsyncIterator[pb.StageRequest]) -> pb.StageReply:
-        """Store an incoming version under a staging name; nothing is loaded."""
-        _, reply = await receive(requests, self.store, self.host, self._admit)
+        """Store an incoming version under a staging name; nothing is loaded. The first one of a move (its
+        pre-copy) readies a runner for the app, and the reply waits for it (``READY_WAIT`` s at most): the freeze
+        that follows then waits for none of it."""
+        ref, manifest, reply = await receive(requests, self.store, self.host, self._admit)
+        ahead = {"modules": list(manifest.modules), "store": str(self.store.path), "app": staging(ref.id),
+                 "version": reply.version}  # fmt: skip
+        readied = self._tasks.spawn(self._spares.ready_for(ref.id, ahead), f"runner for {ref.app}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(readied), READY_WAIT)
         return reply
 
     def _admit(self, ref: pb.MigrationRef) -> pb.MigrationRef:
@@ -185,6 +200,7 @@ class MoveDestination:
             await fault_point("destination-committed")
 
     async def _drop(self, migration: str) -> None:
+        self._spares.forget(migration)
         try:
             await asyncio.to_thread(self.store.remove_app, staging(migration))
         except MigError as exc:
@@ -220,6 +236,12 @@ class MoveDestination:
             return exc
 
     async def _thaw(self, entry: DestinationEntry) -> AppRecord:
+        started = time.perf_counter()
+        record = await self._thaw_here(entry)
+        log.info("thawed %s in %.0f ms", entry.app, (time.perf_counter() - started) * 1000)
+        return record
+
+    async def _thaw_here(self, entry: DestinationEntry) -> AppRecord:
         name, staged = entry.app, staging(entry.id)
         if await asyncio.to_thread(self.store.latest, staged) is not None:
             message = f"moved from {entry.source_name}"
@@ -232,6 +254,7 @@ class MoveDestination:
             folder = _code.place(await asyncio.to_thread(_code.unpack, self._code_dir, code), self._code_dir, name)
             spec = spec_from_code(name, folder, manifest, code, str(folder)).with_settings(settings_of(entry.settings))
         if entry.closed:
+            self._spares.forget(entry.id)
             await self.home.closed(name)
             return await self.table.arrive_closed(spec, info.version, entry.epoch)
         home_here = entry.home_device == self.peers.identity.device_id
@@ -242,7 +265,7 @@ class MoveDestination:
         place = Place(entry.epoch, "", "", "" if home_here else entry.home, "" if home_here else entry.home_device,
                       *files)  # fmt: skip
         console, lines = self._arrivals.pop(entry.id, ([], []))
-        record = await self.table.arrive(spec, info.version, place, console)
+        record = await self.table.arrive(spec, info.version, place, console, readied=entry.id)
         for line in lines:
             self.home.input(record, line)
         return record
@@ -262,6 +285,15 @@ class MoveDestination:
             await self.abort(pb.AbortRequest(migration=entry.ref))
         else:
             await self.commit(pb.CommitRequest(migration=entry.ref))
+
+
+def _chunk_sizes(manifest: CheckpointManifest) -> dict[bytes, int]:
+    """Each chunk ``manifest`` uses, and its raw size."""
+    sizes = {ref.hash: ref.size for ref in manifest.stream}
+    for buffer in manifest.buffers:
+        sizes.update((ref.hash, ref.size) for ref in buffer.chunks)
+    sizes.update((file.hash, file.size) for file in manifest.code)
+    return sizes
 
 
 def _arrival(ref: pb.MigrationRef, request: pb.PrepareRequest, caller: PairedPeer) -> DestinationEntry:

@@ -11,10 +11,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from migrated.checkpoint import Store
+from migrated.checkpoint import Store, chunk_hashes
 from migrated.daemon._db import Change
 from migrated.daemon._faults import fault_point
 from migrated.daemon._handoff import Abort, Action, Commit, Prepare, Record, Resume, Retire, Source, SourceState
@@ -39,6 +39,9 @@ T = TypeVar("T")
 Step = tuple[Source, list[Action]]
 COMMIT_WAIT = 30.0  # seconds mig move waits for the destination to confirm; then it is asked in the background
 CONSOLE_TAIL = 10_000  # console lines an old home hands to the new one
+ROUNDS = 4  # pre-copy rounds at most; each sends what changed during the one before
+ROUND_SHRINK = 0.5  # another round only while each sends less than this share of the one before
+ROUND_ENOUGH = 256 << 10  # bytes: a round that sent this little is the last
 _FAULTS = {SourceState.FROZEN: "source-frozen", SourceState.HANDED_OFF: "source-handed-off"}
 
 
@@ -61,6 +64,20 @@ class _HandOff:
     recovering: bool = False  # carried on by a restarted daemon
     frozen: bool = False
     frozen_at: float = 0.0
+    marks: list[tuple[str, float]] = field(default_factory=list)  # where the freeze's time went, for the log
+    staged_chunks: set[bytes] | None = None  # what the destination has staged for this move: not asked again
+
+    def mark(self, step: str) -> None:
+        """Note that ``step`` of the freeze ended now."""
+        self.marks.append((step, time.perf_counter()))
+
+    def freeze_steps(self) -> str:
+        """The freeze's steps and their milliseconds."""
+        times = [self.frozen_at] + [at for _, at in self.marks]
+        return ", ".join(
+            f"{step} {(at - since) * 1000:.0f}" for (step, at), since in zip(self.marks, times, strict=False)
+        )
+
     staged: int = 0
     downtime: float = 0.0
     error: MigError | None = None
@@ -207,12 +224,37 @@ class MoveSource:
             hand.report(MoveProgress("pre-copy"))
             info, _ = await self.versions.checkpoint(name, "move", f"pre-copy for the move to {peer.name}")
             manifest = await self._preflight(hand, info.version)
-            await self._remote(hand, send(self.peers, peer, hand.ref, manifest, self.store, "pre-copy", hand.report))
+            staged = await self._remote(hand, send(self.peers, peer, hand.ref, manifest, self.store, "pre-copy",
+                                                   hand.report))  # fmt: skip
+            hand.staged_chunks = set(chunk_hashes(manifest))
+            await self._rounds(hand, staged.bytes_stored)
         hand.report(MoveProgress("freeze"))
         hand.frozen_at = time.perf_counter()
         info = await self.versions.freeze(name, f"moved to {peer.name}")
         hand.frozen = True
+        hand.mark("capture")
         return info.version
+
+    async def _rounds(self, hand: _HandOff, sent: int) -> None:
+        """More pre-copy rounds while each sends less than ``ROUND_SHRINK`` of the one before (what changes
+        during a round is what the next one sends), so that the freeze sends little. A round's version is
+        deleted once sent: the history keeps the first pre-copy and the frozen version."""
+        name, peer = hand.record.name, hand.peer
+        for number in range(2, ROUNDS + 1):
+            if sent <= ROUND_ENOUGH:
+                return
+            phase, before = f"pre-copy round {number}", hand.record.version
+            info, _ = await self.versions.checkpoint(name, "move", f"{phase} for the move to {peer.name}")
+            manifest = await asyncio.to_thread(self.store.manifest, name, info.version)
+            staged = await self._remote(hand, send(self.peers, peer, hand.ref, manifest, self.store, phase,
+                                                   hand.report, hand.staged_chunks))  # fmt: skip
+            async with hand.record.lock:
+                await asyncio.to_thread(self.store.delete_versions, name, [info.version])
+                if hand.record.version == info.version:
+                    hand.record.version = before  # the latest version again
+            if staged.bytes_stored > sent * ROUND_SHRINK:
+                return
+            sent = staged.bytes_stored
 
     async def _preflight(self, hand: _HandOff, version: int) -> CheckpointManifest:
         """The manifest of ``version``, once the destination says it can run it; refused before the freeze."""
@@ -268,9 +310,10 @@ class MoveSource:
                 await self._preflight(hand, hand.machine.version)
             phase = "final copy" if hand.running else "copy"
             staged = await self._remote(
-                hand, send(self.peers, peer, hand.ref, manifest, self.store, phase, hand.report)
+                hand, send(self.peers, peer, hand.ref, manifest, self.store, phase, hand.report, hand.staged_chunks)
             )
             hand.staged = staged.version
+            hand.mark(phase)
             hand.report(MoveProgress("hand-off"))
             await self.home.flush(record)  # a visitor's lines reach home before the next host's do
             await fault_point("source-before-prepare")
@@ -283,6 +326,7 @@ class MoveSource:
             hand.error = MigError(f"moving {record.name!r} to {peer.name} failed ({exc}); it goes on running here")
             return hand.machine.failed()
         await fault_point("source-prepared")
+        hand.mark("prepare")
         return hand.machine.prepared()
 
     async def _remote(self, hand: _HandOff, call: Awaitable[T]) -> T:
@@ -337,6 +381,7 @@ class MoveSource:
             return None
         hand.record.remote.pid = int(reply.pid)
         hand.downtime = time.perf_counter() - hand.frozen_at
+        hand.mark("commit")
         await fault_point("source-committed")
         return hand.machine.committed()
 
@@ -400,7 +445,8 @@ class MoveSource:
         else:
             await self.registry.forget(record.name, *more)  # a visitor leaves; its versions stay for the next move
         record.moving = False
-        log.info("%s moved to %s: frozen %.0f ms", record.name, peer.name, hand.downtime * 1000)
+        log.info("%s moved to %s: frozen %.0f ms (%s)", record.name, peer.name, hand.downtime * 1000,
+                 hand.freeze_steps())  # fmt: skip
 
     async def _arrivals_left(self, name: str) -> list[DestinationEntry]:
         """The arrivals of the app here, marked left: a restart must not thaw it here from an old arrival."""

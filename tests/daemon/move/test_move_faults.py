@@ -165,6 +165,36 @@ def test_destination_killed_while_staging_the_app_goes_on_at_the_source(
     runs_on([h0, h1], "ticker", "h1")
 
 
+def test_destination_killed_while_it_stores_the_stream_keeps_what_it_stored_for_the_next_move(
+    netbeds: Callable[[int], NetBed], app_file: Path, background: Callable[..., Background]
+) -> None:
+    """The destination stores the incoming chunks a part at a time while they arrive; killed between two parts,
+    the app goes on at the source, and the next move sends only what the destination did not store yet."""
+    h0, h1 = two_hosts(netbeds, app_file, {"h1": "destination-storing"}, size=BIG)
+    move = background(h0, "move", "ticker", "h1")
+    h1.paused("destination-storing")
+    h1.kill9()
+    err = failed_move(move)
+    assert "goes on running here" in err or "stays here" in err, err
+    contiguous(ticking(h0, "ticker", past=ticks(h0, "ticker")[-1]))
+    h1.revive()
+    assert copies([h0, h1], "ticker") == ["h0"] and "ticker" not in h1.ps()
+    done: list[str] = []
+
+    def moved() -> bool:
+        result = h0.mig("move", "ticker", "h1", check=None, timeout=60)
+        assert result.code == 0 or "goes on running here" in one_sentence(result.err), result.err
+        done.extend(result.out.splitlines()[-1:] if result.code == 0 else [])
+        return bool(done)
+
+    wait_until(moved, 30, interval=0.2, what="a move once h1 is back")
+    runs_on([h0, h1], "ticker", "h1")
+    sent = re.search(r"sent ([\d.]+) MiB", done[0])
+    assert sent is not None and float(sent.group(1)) <= BIG / 2**20 - 8, done[0]  # a part of 8 MiB was kept
+    there = ticking(h1, "ticker")
+    contiguous(there, there[0])
+
+
 def test_destination_killed_after_prepare_learns_abort_and_drops_its_copy(
     netbeds: Callable[[int], NetBed], app_file: Path, background: Callable[..., Background]
 ) -> None:
@@ -639,7 +669,7 @@ def test_a_destination_disk_that_fills_during_the_transfer_fails_the_move_cleanl
         assert "goes on running here" in err, err
         assert copies([h0, h1], "ticker") == ["h0"]
         contiguous(ticking(h0, "ticker", past=ticks(h0, "ticker")[-1]))
-        # Room again: the move goes through; nothing half stored is in the way.
+        # Room again: the move goes through (what was stored before the disk filled is kept, not sent again).
         filler.unlink()
         out = h0.mig("move", "ticker", "h1", timeout=60).out
         assert out.splitlines()[-1].startswith("moved ticker to h1 in "), out

@@ -16,6 +16,7 @@ from migrated.checkpoint import Store, VersionInfo, make_draft, serialise
 from migrated.daemon._db import Db
 from migrated.daemon._handoff import DestState, SourceState
 from migrated.daemon._records import AppRecord, AppSpec, Place, State
+from migrated.daemon._spares import SpareRunners
 from migrated.daemon.apps import AppRegistry
 from migrated.daemon.move import Journal, MoveDestination, MoveSource, _source, recover
 from migrated.daemon.move._journal import SourceEntry
@@ -82,7 +83,9 @@ class FakeTable:
     async def bring_back(self, record: AppRecord) -> None:
         self.brought_back.append(record.name)
 
-    async def arrive(self, spec: AppSpec, version: int, place: Place, console: Any = None) -> AppRecord:
+    async def arrive(
+        self, spec: AppSpec, version: int, place: Place, console: Any = None, readied: str = ""
+    ) -> AppRecord:
         self.arrived.append((spec, version, place))
         record = AppRecord(spec, _console(), place=place, state=State.RUNNING, version=version)
         record.runner = FakeRunner()  # type: ignore[assignment]
@@ -199,7 +202,8 @@ def side(tmp_path: Path) -> Iterator[Callable[[Callable[[str, Any], Awaitable[An
         versions, table, home, peers = FakeVersions(store, registry), FakeTable(), FakeHome(), FakePeers(answer)
         journal_, tasks = Journal(db), Tasks()
         source = MoveSource(registry, table, versions, home, peers, journal_, store, tasks, "here")  # type: ignore[arg-type]
-        destination = MoveDestination(registry, table, home, peers, journal_, store, tasks, tmp_path, "here")  # type: ignore[arg-type]
+        spares = SpareRunners(tasks, 0)  # type: ignore[arg-type]
+        destination = MoveDestination(registry, table, home, peers, journal_, store, spares, tasks, tmp_path, "here")  # type: ignore[arg-type]
         return Side(store, db, journal_, registry, versions, table, home, peers, tasks, source, destination)
 
     yield make
