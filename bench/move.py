@@ -53,6 +53,9 @@ APP = textwrap.dedent(
     """
 )
 
+_PRECOPY = re.compile(
+    r"(\S+): pre-copy of \d+ chunks \(\d+ skipped\), ([\d.]+) MiB: asked (\d+) ms, read, sent and stored (\d+) ms"
+)
 _MOVED = re.compile(r"moved \S+ to \S+ in ([\d.]+) s: frozen (\d+) ms; sent ([\d.]+) (B|KiB|MiB|GiB) in (\d+) chunks")
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 2**20, "GiB": 2**30}
 
@@ -102,16 +105,42 @@ def run(sizes: list[int], rates: list[float]) -> dict[str, Any]:
                 entry["downtime_vs_stop_and_copy"] = (
                     entry["precopy"]["downtime_ms"] / entry["stop_and_copy"]["downtime_ms"]
                 )
+                entry["cold_transfer_mb_per_s"] = _cold_rate(h0, f"prec-{size}-{int(rate * 100)}")
                 results.append(entry)
                 print(
                     f"{size:>10} B {rate * 100:>4.0f}%/s  pre-copy: frozen {entry['precopy']['downtime_ms']:>6.0f} ms, "
                     f"total {entry['precopy']['total_s']:.2f} s, sent {entry['precopy']['sent_bytes'] / 2**20:.1f} MiB"
                     f" | stop-and-copy: frozen {entry['stop_and_copy']['downtime_ms']:>6.0f} ms,"
                     f" total {entry['stop_and_copy']['total_s']:.2f} s"
-                    f" | back: sent {entry['precopy_back']['sent_bytes'] / 2**20:.2f} MiB",
+                    f" | back: sent {entry['precopy_back']['sent_bytes'] / 2**20:.2f} MiB"
+                    f" | cold transfer {entry['cold_transfer_mb_per_s']:.0f} MB/s",
                     flush=True,
                 )
-    return {"moves": results}
+        raw = _raw_stream(bed)
+    for entry in results:
+        entry["cold_transfer_vs_raw_grpc_mtls"] = entry["cold_transfer_mb_per_s"] / raw["mb_per_s"]["median"]
+    return {"moves": results, "raw_grpc_mtls_1MiB": raw}
+
+
+def _cold_rate(daemon: BedDaemon, app: str) -> float:
+    """MB/s of the first pre-copy of ``app`` (the destination had none of it): read, sent, received and stored."""
+    for found in _PRECOPY.finditer(daemon.stderr_log()):
+        if found.group(1) == app:
+            return float(found.group(2)) * 2**20 / 1e6 / (max(1, int(found.group(4))) / 1000)
+    raise RuntimeError(f"no pre-copy of {app} in the log of {daemon.host.name}")
+
+
+def _raw_stream(bed: NetBed) -> dict[str, Any]:
+    """The raw mutual-TLS gRPC stream between the same two namespaces (bench.grpc_stream), 1 MiB messages."""
+    from bench import grpc_stream
+    from migrated.transport._identity import load_identity
+
+    args = argparse.Namespace(sizes_kib=[1024], total_mib=256, warmup_mib=32, repeats=3, pin=False)
+    identities = Path(tempfile.mkdtemp(prefix="mig", dir="/tmp"))
+    load_identity(identities / "server", "server")
+    load_identity(identities / "client", "client")
+    placement = grpc_stream._placement("netns", bed[1].popen, bed[0].popen, bed[1].addr, args, identities)
+    return dict(placement["grpc_mtls"][str(1 << 20)])
 
 
 def main() -> None:
@@ -123,6 +152,15 @@ def main() -> None:
     if not ok:
         sys.exit(f"bench.move needs network namespaces: {reason}")
     results = run(args.sizes, args.rates)
+    raw = results["raw_grpc_mtls_1MiB"]["mb_per_s"]["median"]
+    for entry in results["moves"]:
+        print(
+            f"{entry['size']:>10} B {entry['rewritten_per_s'] * 100:>4.0f}%/s: frozen "
+            f"{entry['precopy']['downtime_ms']:.0f} ms = {entry['downtime_vs_stop_and_copy'] * 100:.0f} % of "
+            f"stop-and-copy ({entry['stop_and_copy']['downtime_ms']:.0f} ms); cold transfer "
+            f"{entry['cold_transfer_mb_per_s']:.0f} MB/s = {entry['cold_transfer_vs_raw_grpc_mtls'] * 100:.0f} % of "
+            f"the raw mutual-TLS gRPC stream ({raw:.0f} MB/s)"
+        )
     path = write_results("move", {"sizes": args.sizes, "rates": args.rates, **results})
     print(f"written to {path}")
 
