@@ -271,7 +271,14 @@ def test_a_move_records_each_step_before_the_message_that_depends_on_it(side: An
     s.journal.record = spy
     moved, where = asyncio.run(s.source.move("sim", "there", ignore))
     assert where == "there" and moved is record
-    assert s.peers.calls == ["Preflight", "Missing", "Stage", "Missing", "Stage", "Prepare", "Commit"]
+    assert s.peers.calls == [
+        "Preflight",
+        "Missing",
+        "Stage",
+        "Stage",
+        "Prepare",
+        "Commit",
+    ]  # the final copy asks nothing
     assert recorded_when["started"] == [] and recorded_when["frozen"] == ["Preflight", "Missing", "Stage"]
     assert "Prepare" not in recorded_when["frozen"] and "Commit" not in recorded_when["handed_off"]
     assert recorded_when["handed_off"][-1] == "Prepare"  # decided only once PREPARE was acknowledged
