@@ -110,11 +110,15 @@ class MoveDestination:
     async def stage(self, requests: AsyncIterator[pb.StageRequest]) -> pb.StageReply:
         """Store an incoming version under a staging name; nothing is loaded. The first one of a move (its
         pre-copy) readies a runner for the app, and the reply waits for it (``READY_WAIT`` s at most): the freeze
-        that follows then waits for none of it."""
+        that follows then waits for none of it. Each later one (a pre-copy round, the final copy) supersedes the
+        versions staged before it, which go in the background, so the adoption at the commit has one to drop."""
         ref, manifest, reply = await receive(requests, self.store, self.host, self._admit)
         ahead = {"modules": list(manifest.modules), "store": str(self.store.path), "app": staging(ref.id),
                  "version": reply.version}  # fmt: skip
         readied = self._tasks.spawn(self._spares.ready_for(ref.id, ahead), f"runner for {ref.app}")
+        if reply.version > 1:  # a later pre-copy round or the final copy: the versions staged before are not needed
+            older = list(range(1, reply.version))
+            self._tasks.spawn(asyncio.to_thread(self.store.delete_versions, staging(ref.id), older), "staged before")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(readied), READY_WAIT)
         return reply
