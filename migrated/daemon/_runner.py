@@ -38,6 +38,7 @@ LOAD_TIMEOUT = 60.0
 PIPE_DRAIN = 2.0
 SAFE_POINT_WAIT = 10.0  # seconds a checkpoint waits for the app to finish its handler (migrated --safe-point-wait)
 REPLY_MARGIN = 1.0  # past the deadline, for an answer already on its way
+OUTPUT_WAIT = 2.0  # seconds a checkpoint waits at most for the output its state printed to reach the console
 STACK_POLLS = 50
 
 
@@ -49,6 +50,7 @@ class Captured:
     chunks: dict[bytes, Piece]
     pause: float
     capture: float
+    output: int = 0  # bytes the runner had written to its output when it captured
 
 
 class Busy(Exception):
@@ -109,6 +111,8 @@ class Runner:
         self._on_end: list[Callable[[], None]] = []
         self._conversation = asyncio.Lock()  # one checkpoint exchange at a time, abandoned ones included
         self._reading = asyncio.Lock()  # a read-ahead, then the load
+        self._pumped = 0  # bytes of output copied into the console
+        self._pumped_more = asyncio.Event()
         self._abandoned: asyncio.Task[None] | None = None
 
     @property
@@ -206,6 +210,18 @@ class Runner:
         assert self.proc.stdout is not None
         while data := await self.proc.stdout.read(65536):
             await console.write(data)
+            self._pumped += len(data)
+            self._pumped_more.set()
+
+    async def output_kept(self, count: int, within: float = OUTPUT_WAIT) -> None:
+        """Wait until the console holds the first ``count`` bytes of the runner's output (what the state of a
+        checkpoint has printed), ``within`` seconds at most: the output comes on a pipe of its own, so it can
+        lag behind the checkpoint's frames."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self._pumped < count:
+                    self._pumped_more.clear()
+                    await self._pumped_more.wait()
 
     async def wait(self) -> Outcome:
         """Wait for the runner to end (its output drained) and say how it ended."""
@@ -303,7 +319,11 @@ class Runner:
         body = _body(frame)
         if frame.kind is not _wire.Kind.CAPTURED or set(need) - chunks.keys():
             raise RunnerError("the runner did not send every chunk of the checkpoint; try again")
-        return Captured(manifest, chunks, float(body.get("pause", 0.0)), float(body.get("capture", 0.0)))
+        output = body.get("output", 0)
+        return Captured(
+            manifest, chunks, float(body.get("pause", 0.0)), float(body.get("capture", 0.0)),
+            output if isinstance(output, int) else 0,
+        )  # fmt: skip
 
     async def _finish_abandoned(self, hold: bool) -> None:
         """Answer the runner for a checkpoint nobody waits for any more: it takes nothing, and the app goes on."""

@@ -187,7 +187,8 @@ class Driver:
             piece = draft.pieces[digest]
             self.channel.send_raw(_wire.encode(_wire.Kind.CHUNK, digest + bytes([piece.level]) + bytes(piece.data)))
         done = time.perf_counter()
-        self.channel.send(_wire.Kind.CAPTURED, {"pause": done - started, "capture": captured - started})
+        captured_at = {"pause": done - started, "capture": captured - started, "output": _OUTPUT.count}
+        self.channel.send(_wire.Kind.CAPTURED, captured_at)
         if request.get("hold"):
             verdict = self.channel.recv_reply(_wire.Kind.STOP, _wire.Kind.RESUME)
             if verdict is None or verdict.kind is _wire.Kind.STOP:
@@ -309,6 +310,38 @@ def _load(spec: dict[str, Any]) -> type[App]:
     return load_app_class(spec["file"], spec.get("app_class", ""))
 
 
+class _Output(io.RawIOBase):
+    """The runner's stdout and stderr (one pipe to the daemon), counting the bytes written: a checkpoint says how
+    far the output had gone, and the daemon keeps those lines before it stores the version."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        written = os.write(1, data)
+        self.count += written
+        return written
+
+    def fileno(self) -> int:
+        return 1
+
+
+_OUTPUT = _Output()
+
+
+def _count_output() -> None:
+    """Print and the app's writes to stdout and stderr go through ``_OUTPUT``, line by line."""
+    for name in ("stdout", "stderr"):
+        stream = io.TextIOWrapper(
+            io.BufferedWriter(_OUTPUT), encoding="utf-8", errors="backslashreplace", line_buffering=True
+        )
+        setattr(sys, name, stream)
+
+
 def _tie_to_daemon() -> None:
     """Die with the daemon (a runner must never outlive it) and be the OOM killer's first choice."""
     daemon_pid = int(os.environ.get("MIG_DAEMON_PID", "0"))
@@ -335,8 +368,7 @@ def main(argv: list[str]) -> int:
         faulthandler.register(signal.SIGUSR2, file=_STACKS, all_threads=False)
     sock = socket.socket(fileno=int(argv[1]))
     channel = Channel(sock)
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(line_buffering=True)
+    _count_output()
     if argv[3:4] == ["spare"]:
         _name_process("mig-spare")
         _warm()

@@ -37,6 +37,7 @@ class Checkpointer:
             )
         runner = record.runner
         captured = await self._capture(record, runner, kind, message, hold)
+        await runner.output_kept(captured.output)  # the lines the state printed are in the console first
         manifest = captured.manifest
         manifest.parent = record.version
         manifest.console_cursor = record.console.log.next_seq - 1

@@ -208,6 +208,44 @@ def test_a_crash_during_a_move_is_held_back_until_the_move_says(tmp_path: Path) 
     asyncio.run(scenario())
 
 
+BURST = """
+import migrated
+
+class Burst(migrated.App):
+    def start(self):
+        self.n = 0
+
+    def step(self):
+        for _ in range(3000):  # 150 KB: more than the pipe and the daemon's read buffer hold
+            self.n += 1
+            print(f"line {self.n:05d} " + "x" * 40)
+        return 60.0
+"""
+
+
+def test_a_checkpoint_is_stored_once_the_console_has_what_its_state_printed(tmp_path: Path) -> None:
+    """The output comes on a pipe of its own and may lag behind the checkpoint's frames (the soak lost a line so,
+    with a daemon killed just after a checkpoint): the runner says how far its output went when it captured, and
+    the version is stored once the console has it, its cursor past the last line the captured state printed."""
+
+    async def scenario() -> None:
+        async with rig(tmp_path) as r:
+            spec = r.spec("burst")
+            await asyncio.to_thread(Path(spec.file).write_text, textwrap.dedent(BURST).lstrip())
+            record = await r.table.run(spec)
+            await shown(record, "line 00001 ")  # the step runs: the capture comes after its 3000 lines
+            async with record.lock:  # while the last of them are still on their way
+                info, captured = await r.table.checkpointer.take(record, "manual", "")
+            assert captured.output >= 3000 * len("line 00001 " + "x" * 40 + "\n")  # how far its output went
+            cursor = (await asyncio.to_thread(r.store.manifest, "burst", info.version)).console_cursor
+            record.console.log.flush()
+            seen = record.console.log.read(1, 10_000, 1 << 22).lines
+            last = [seq for seq, data in seen if data.startswith(b"line 03000 ")]
+            assert last and cursor >= last[0], (cursor, last)
+
+    asyncio.run(scenario())
+
+
 def maps(pid: int) -> str:
     with open(f"/proc/{pid}/maps") as mapped:
         return mapped.read()
