@@ -286,7 +286,7 @@ class Runner:
         except TimeoutError:
             raise Busy(await self.where(), within) from None
         try:
-            request = {"kind": kind, "message": message, "hold": hold, "deadline": deadline}
+            request = {"kind": kind, "message": message, "hold": hold, "deadline": deadline, "urgent": kind == "move"}
             await self._send(_wire.encode_json(_wire.Kind.CHECKPOINT, request))
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + REPLY_MARGIN):

@@ -74,6 +74,21 @@ class Channel:
         """Whether a frame is already decoded and waiting."""
         return bool(self._frames)
 
+    def urgent(self) -> _wire.Frame | None:
+        """A checkpoint request marked urgent (a move's) that has arrived, taken ahead of the frames that came
+        before it (they stay queued, in order). Reads what the socket holds first, a bounded amount."""
+        for _ in range(URGENT_READS):
+            if not _readable(self.sock, 0):
+                break
+            data = self.sock.recv(65536)
+            if not data:
+                break  # the daemon went away: recv() says so once the queue is empty
+            self._frames.extend(self._decoder.feed(data))
+        for index, frame in enumerate(self._frames):
+            if frame.kind is _wire.Kind.CHECKPOINT and frame.json().get("urgent"):
+                return self._frames.pop(index)
+        return None
+
 
 class _Stop(Exception):
     """The daemon asked the app to stop, or went away."""
@@ -112,7 +127,10 @@ class Driver:
     def _wait_and_dispatch(self) -> None:
         timeout = None if self.next_step is None else max(0.0, self.next_step - time.monotonic())
         if self.channel.has_frame() or _readable(self.channel.sock, timeout):
-            self._dispatch(self.channel.recv())
+            # A move's checkpoint goes ahead of queued input and network events: the state it captures says which
+            # of them were handled, and the home delivers the rest to the copy thawed from it, so a move waits for
+            # the handler that runs, not for a queue. (A close still handles the queue first.)
+            self._dispatch(self.channel.urgent() or self.channel.recv())
         elif self.next_step is not None:
             self._step()
 
@@ -225,6 +243,7 @@ class Driver:
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 _STACKS: Any = None  # the pipe SIGUSR2 writes the app's stack to: kept open while the runner lives
+URGENT_READS = 16  # socket reads at most while looking for a checkpoint request among queued frames
 _MEMO: list[Any] = []  # the runner's HashMemo, once it captured
 _AHEAD: list[Any] = []  # the version a spare read ahead (AHEAD), for the LOAD that thaws a later one
 _STEPPING = "_mig_stepping"  # saved with the state: whether step() still runs after a thaw

@@ -42,8 +42,9 @@ class Kind(enum.IntEnum):
     STOP = 5  # daemon -> runner: call on_stop and end
     EXITED = 6  # runner -> daemon: {"code", "reason"}
     CRASHED = 7  # runner -> daemon: {"reason"}: a handler raised
-    CHECKPOINT = 8  # daemon -> runner: {"kind", "message", "hold", "deadline"}: capture the state between two
-    # events; with "hold", stay frozen after CAPTURED until STOP (it was stored) or RESUME; past "deadline"
+    CHECKPOINT = 8  # daemon -> runner: {"kind", "message", "hold", "deadline", "urgent"}: capture the state between
+    # two events ("urgent", a move's: ahead of queued ones); with "hold", stay frozen after CAPTURED until STOP (it
+    # was stored) or RESUME; past "deadline"
     # (time.monotonic) the daemon gave up waiting: answer CAPTURE_FAILED {"expired": true} without a capture
     MANIFEST = 9  # runner -> daemon: the checkpoint's manifest (protobuf); the app stays paused
     NEED = 10  # daemon -> runner: the 32-byte hashes of the chunks the store lacks, concatenated

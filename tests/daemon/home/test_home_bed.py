@@ -487,6 +487,6 @@ def test_input_not_yet_handled_goes_along_with_a_rehome(bed: HomeBed) -> None:
         return got if got and got[-1] == sent else None
 
     contiguous(wait_until(arrived, 30, what="every line typed at the old home"))
-    # Whether a line is still queued when the app freezes is up to timing: the freeze has been seen to come only
-    # once the queue was handled (issue 13's notes), and a loaded machine may drain it before the freeze.
+    # Whether a line is still queued when the app freezes is up to timing (a move's checkpoint goes ahead of the
+    # queue now, but a loaded machine may drain the queue before the rehome freezes the app).
     h1.mig("kill", "slow")
