@@ -159,10 +159,20 @@ def logs(ctx: Context, name: str, follow: bool, tail: int) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--all", "everywhere", is_flag=True, help="The apps of every reachable paired host too.")
 @pass_ctx
-def ps(ctx: Context, as_json: bool) -> None:
-    """List the apps: running, exited and crashed."""
-    _fast.ps(ctx.daemon, as_json)
+def ps(ctx: Context, as_json: bool, everywhere: bool) -> None:
+    """List the apps: running, exited and crashed (with --all, on every paired host)."""
+    if not everywhere:
+        _fast.ps(ctx.daemon, as_json)
+        return
+    reply = ctx.daemon.call(ctx.daemon.stub.List, pb.ListRequest(all=True))
+    for sentence in reply.unreachable:
+        click.echo(f"mig: {sentence}", err=True)
+    if as_json:
+        click.echo(json.dumps([_render.app_json(app) for app in reply.apps], indent=2))
+    else:
+        _render.app_table(list(reply.apps), epochs=True)
 
 
 @cli.command()
