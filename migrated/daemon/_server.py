@@ -29,7 +29,7 @@ from migrated.daemon._tasks import Tasks
 from migrated.daemon.apps import AppRegistry, AppTable, AppVersions, Checkpointer
 from migrated.daemon.control import ControlService, ControlSocket, Routes
 from migrated.daemon.home import FileGrants, HomeIO
-from migrated.daemon.move import Journal, MoveDestination, MoveSource, recover
+from migrated.daemon.move import Journal, MoveDestination, MoveSource, evacuate_on_stop, recover
 from migrated.discovery._paired import PairedPeers
 from migrated.errors import MigError
 from migrated.transport.v1 import peer_pb2_grpc
@@ -52,6 +52,8 @@ class DaemonConfig:
     home_timeout: float = 30.0
     safe_point_wait: float = SAFE_POINT_WAIT
     spare_runners: int = 1
+    evacuate_to: str = ""  # a paired host a stop moves the running apps to first
+    evacuate_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,8 @@ async def _start(daemon: _Daemon, socket: Path) -> ControlSocket:
 async def _stop(daemon: _Daemon, server: ControlSocket) -> None:
     """Close every app that runs (saving what can be saved), let visitors' consoles reach home, stop the rest."""
     log.info("stopping")
+    if daemon.config.evacuate_to:
+        await evacuate_on_stop(daemon.source, daemon.config.evacuate_to, daemon.config.evacuate_timeout)
     await daemon.table.close_all(daemon.versions.close)
     daemon.table.spares.close()
     await daemon.home.flush_all()
