@@ -163,16 +163,7 @@ def logs(ctx: Context, name: str, follow: bool, tail: int) -> None:
 @pass_ctx
 def ps(ctx: Context, as_json: bool, everywhere: bool) -> None:
     """List the apps: running, exited and crashed (with --all, on every paired host)."""
-    if not everywhere:
-        _fast.ps(ctx.daemon, as_json)
-        return
-    reply = ctx.daemon.call(ctx.daemon.stub.List, pb.ListRequest(all=True))
-    for sentence in reply.unreachable:
-        click.echo(f"mig: {sentence}", err=True)
-    if as_json:
-        click.echo(json.dumps([_render.app_json(app) for app in reply.apps], indent=2))
-    else:
-        _render.app_table(list(reply.apps), epochs=True)
+    _fast.ps(ctx.daemon, as_json, everywhere)
 
 
 @cli.command()
@@ -470,7 +461,8 @@ def verify(ctx: Context) -> None:
 @cli.command()
 @pass_ctx
 def shutdown(ctx: Context) -> None:
-    """Stop the daemon; running apps are closed first (mig open brings them back)."""
+    """Stop the daemon; running apps move to --evacuate-to first if set, the rest are closed (mig open brings them
+    back)."""
     try:
         daemon = connect(ctx.state_dir, autostart=False)  # never start a daemon only to stop it
     except DaemonNotRunningError:

@@ -133,3 +133,9 @@ def test_ps_all_shows_one_row_per_app_from_the_host_that_runs_it() -> None:
         ("metro", "h0", 7),
         ("metro", "h1", 0),
     ]
+
+
+def test_the_fast_command_line_asks_for_every_host_as_protobuf_would() -> None:
+    from client._fast import LIST_ALL
+
+    assert pb.ListRequest(all=True).SerializeToString() == LIST_ALL
