@@ -145,7 +145,7 @@ class Routes:
             where = f"@{home}" if home else ""
             silent = f" ({len(survey.silent)} paired hosts did not answer)" if survey.silent else ""
             raise AppNotFoundError(
-                f"no app called {name}{where} is known here or on any paired host{silent}; see mig ps --all"
+                f"no app is called {name + where!r} here or on any paired host{silent}; mig ps --all lists the apps"
             )
         if len(found) > 1:
             names = ", ".join(f"{app.name}@{app.home}" for app in found)

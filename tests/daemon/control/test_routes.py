@@ -107,7 +107,7 @@ def test_an_unknown_name_is_looked_up_on_every_paired_host() -> None:
         assert where(await table.find("twin@h2", Role.HOME)) == "h2"
         with pytest.raises(UsageError, match=r"'twin' names apps of 2 homes \(twin@h1, twin@h2\); name one"):
             await table.find("twin", Role.HOME)
-        with pytest.raises(AppNotFoundError, match=r"no app called ghost@h1 .* \(1 paired hosts did not answer\)"):
+        with pytest.raises(AppNotFoundError, match=r"no app is called 'ghost@h1' .* \(1 paired hosts did not answer\)"):
             await table.find("ghost@h1", Role.HOME)
 
     asyncio.run(check())

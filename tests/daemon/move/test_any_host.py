@@ -98,7 +98,11 @@ def test_every_command_from_any_paired_host(hosts: list[BedDaemon], background: 
     followed = numbers(follower.stop())
     contiguous(followed)
     assert len(followed) > last, "mig logs -f on a third host stopped following across the moves"
-    h1.mig("kill", "metro@h0")  # lifecycle from a host that neither runs it nor is its home
+    assert "closed metro" in h1.mig("close", "metro@h0").out  # from a host that neither runs it nor is its home
+    assert h0.app("metro")["state"] == "closed"
+    h2.mig("open", "metro@h0")
+    assert h0.wait_state("metro", "running")["host"] == "h0"
+    h1.mig("kill", "metro@h0")
     assert h0.app("metro")["state"] == "exited"
 
 
