@@ -102,6 +102,8 @@ def test_every_command_from_any_paired_host(hosts: list[BedDaemon], background: 
     assert h0.app("metro")["state"] == "closed"
     h2.mig("open", "metro@h0")
     assert h0.wait_state("metro", "running")["host"] == "h0"
+    refused = h1.mig("open", "metro@h0", check=5)  # refused at home: the same sentence and exit code as there
+    assert one_sentence(refused.err) == one_sentence(h0.mig("open", "metro", check=5).err)
     h1.mig("kill", "metro@h0")
     assert h0.app("metro")["state"] == "exited"
 
