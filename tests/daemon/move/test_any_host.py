@@ -57,6 +57,9 @@ def test_every_command_from_any_paired_host(hosts: list[BedDaemon], background: 
     h2.mig("send", "metro", "hello from h2")  # input from a third host reaches the app, through its home
     h0.wait_logs("metro", "got hello from h2")
     assert "got hello from h2" in h2.logs("metro")  # and its console reads the same there
+    attached = h2.mig("attach", "metro", input="typed in attach\n")  # lines typed, output shown, detached at EOF
+    assert "got hello from h2" in attached.out and "detached from metro" in attached.err, attached
+    h0.wait_logs("metro", "got typed in attach")
     checkpointed = h2.mig("checkpoint", "metro", "-m", "from h2").out  # a checkpoint, where it runs
     assert checkpointed.startswith("metro: version"), checkpointed
     assert [v["message"] for v in json.loads(h2.mig("history", "metro", "--json").out)] == [
