@@ -1,8 +1,10 @@
 """One system from any host: a command that names an app goes to the host it concerns, over the peer port.
 
-An app is named ``NAME`` or ``NAME@HOME``. Commands about its console, input and versions go to its home
-(``Role.HOME``), commands about its run (move, kill, checkpoint) to the host that runs it (``Role.HOST``). An app
-this host knows (its home, or a visitor here) is routed by its record; any other name is looked up on every paired
+An app is named ``NAME`` or ``NAME@HOME``. What this host can do itself with its own record of the app, it does,
+as it always did: its home reads its console and versions, the host that runs it (a visitor included) reads its own
+console of it and acts on its run. The rest goes elsewhere: its run (move, kill, checkpoint, ``Role.HOST``) to the
+host that runs it, input (``Role.INPUT``) to its home, and any command about an app this host has no record of to
+its home (``Role.HOME``: console, versions, close, open) or to the host that runs it, found by asking every paired
 host. The callee serves a relayed call as its own ``mig`` would, and never relays it further (the peer port's
 control service has routes that stay here, ``relays=False``), so a record that changed on the way costs a
 refusal, never a loop. Pairing is full trust both ways: a paired host may
@@ -35,7 +37,8 @@ SURVEY_TIMEOUT = 2.0  # seconds a paired host has to list its apps before it is 
 class Role(enum.Enum):
     """Which host a command about an app concerns."""
 
-    HOME = "home"  # console, input, versions, close and open
+    HOME = "home"  # console, versions, close and open: this host's record if it has one, else the home
+    INPUT = "input"  # typed lines: always the home, which numbers them
     HOST = "host"  # the run: move, kill, checkpoint
 
 
@@ -125,10 +128,10 @@ class Routes:
     def _peer_of(self, record: AppRecord, role: Role) -> PairedPeer | None:
         place = record.place
         if role is Role.HOST and record.moving:
-            raise AppStateError(f"{record.name!r} is in the middle of a move; try again once it is done")
+            raise AppStateError(f"{record.name!r} is moving; try again once the move is done")
         if role is Role.HOST and record.state is State.AWAY:
             device = place.host_device
-        elif role is Role.HOME and record.visitor:
+        elif role is Role.INPUT and record.visitor:
             device = place.home_device
         else:
             return None
@@ -152,8 +155,8 @@ class Routes:
             raise UsageError(f"{name!r} names apps of {len(found)} homes ({names}); name one as NAME@HOME")
         app = found[0]
         if role is Role.HOST and app.state == pb.APP_STATE_MOVING:
-            raise AppStateError(f"{name!r} is in the middle of a move; try again once it is done")
-        peer, _ = self.peers.paired_target(app.home if role is Role.HOME else app.host)
+            raise AppStateError(f"{name!r} is moving; try again once the move is done")
+        peer, _ = self.peers.paired_target(app.host if role is Role.HOST else app.home)
         return Target(name, peer)
 
 

@@ -142,7 +142,7 @@ class ControlService:
         return pb.RemoveReply()
 
     async def Send(self, request: pb.SendRequest) -> pb.SendReply:
-        if (reply := await self.routes.relay_unary("Send", request, Role.HOME)) is not None:
+        if (reply := await self.routes.relay_unary("Send", request, Role.INPUT)) is not None:
             return reply  # type: ignore[no-any-return]
         await self.table.send(request.name, request.text)
         return pb.SendReply()

@@ -76,8 +76,10 @@ def test_an_app_this_host_knows_goes_by_its_record() -> None:
     async def check() -> None:
         assert where(await table.find("away", Role.HOST)) == "h1"
         assert where(await table.find("away", Role.HOME)) == "here"
-        assert where(await table.find("visitor", Role.HOME)) == "h2"
+        assert where(await table.find("visitor", Role.HOME)) == "here"  # its console as this host keeps it
+        assert where(await table.find("visitor", Role.INPUT)) == "h2"
         assert where(await table.find("visitor", Role.HOST)) == "here"
+        assert where(await table.find("away", Role.INPUT)) == "here"
         assert where(await table.find("away@h0", Role.HOST)) == "h1"
 
     asyncio.run(check())
@@ -89,7 +91,7 @@ def test_a_move_under_way_is_refused_in_one_sentence() -> None:
     moving.moving = True
     table, _ = routes(moving, h1=[app("far", "h1", "h1", pb.APP_STATE_MOVING)])
     for name in ("moving", "far"):
-        with pytest.raises(AppStateError, match="in the middle of a move; try again once it is done"):
+        with pytest.raises(AppStateError, match="is moving; try again once the move is done"):
             asyncio.run(table.find(name, Role.HOST))
     assert asyncio.run(table.find("moving", Role.HOME)).peer is None  # its console can still be read here
 
@@ -104,6 +106,7 @@ def test_an_unknown_name_is_looked_up_on_every_paired_host() -> None:
     async def check() -> None:
         assert where(await table.find("metro", Role.HOST)) == "h1"
         assert where(await table.find("metro", Role.HOME)) == "h2"
+        assert where(await table.find("metro", Role.INPUT)) == "h2"
         assert where(await table.find("twin@h2", Role.HOME)) == "h2"
         with pytest.raises(UsageError, match=r"'twin' names apps of 2 homes \(twin@h1, twin@h2\); name one"):
             await table.find("twin", Role.HOME)
