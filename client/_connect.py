@@ -40,9 +40,10 @@ class Daemon:
         """Send one call; the daemon's answer is read from the returned call."""
         return _Call(self, self._send(call_frame(method.name, request.SerializeToString()), timeout), method)
 
-    def plain(self, name: str, timeout: float | None = None) -> dict[str, Any]:
-        """Call unary method ``name`` with an empty request; its reply as plain JSON values (no protobuf)."""
-        with _Call(self, self._send(call_frame(name, as_plain=True), timeout)) as call:
+    def plain(self, name: str, timeout: float | None = None, request: bytes = b"") -> dict[str, Any]:
+        """Call unary method ``name`` with ``request`` (protobuf bytes; empty by default); its reply as plain JSON
+        values (no protobuf)."""
+        with _Call(self, self._send(call_frame(name, request, as_plain=True), timeout)) as call:
             reply = call.next()
         if reply is None:
             raise self._lost(None)

@@ -159,10 +159,11 @@ def logs(ctx: Context, name: str, follow: bool, tail: int) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--all", "everywhere", is_flag=True, help="The apps of every reachable paired host too.")
 @pass_ctx
-def ps(ctx: Context, as_json: bool) -> None:
-    """List the apps: running, exited and crashed."""
-    _fast.ps(ctx.daemon, as_json)
+def ps(ctx: Context, as_json: bool, everywhere: bool) -> None:
+    """List the apps: running, exited and crashed (with --all, on every paired host)."""
+    _fast.ps(ctx.daemon, as_json, everywhere)
 
 
 @cli.command()
@@ -460,7 +461,8 @@ def verify(ctx: Context) -> None:
 @cli.command()
 @pass_ctx
 def shutdown(ctx: Context) -> None:
-    """Stop the daemon; running apps are closed first (mig open brings them back)."""
+    """Stop the daemon; running apps move to --evacuate-to first if set, the rest are closed (mig open brings them
+    back)."""
     try:
         daemon = connect(ctx.state_dir, autostart=False)  # never start a daemon only to stop it
     except DaemonNotRunningError:

@@ -94,17 +94,18 @@ def _age(since: float) -> str:
     return f"{seconds // 3600}h"
 
 
-def app_table(apps: Sequence[pb.AppInfo | Any]) -> None:
-    """Print apps as a table."""
+def app_table(apps: Sequence[pb.AppInfo | Any], epochs: bool = False) -> None:
+    """Print apps as a table (``epochs``: with each app's epoch, as ``mig ps --all`` shows them)."""
     if not apps:
         print("no apps; start one with: mig run FILE.py")
         return
     rows = [
-        (app.name, state_name(app.state), app.host, app.home, str(app.pid) if app.pid else "-",
-         str(app.version) if app.version else "-", _age(app.started_at), app.reason)
+        (app.name, state_name(app.state), app.host, app.home, *((str(app.epoch),) if epochs else ()),
+         str(app.pid) if app.pid else "-", str(app.version) if app.version else "-", _age(app.started_at), app.reason)
         for app in apps
     ]  # fmt: skip
-    columns(("NAME", "STATE", "HOST", "HOME", "PID", "VERSION", "AGE", "DETAIL"), rows)
+    epoch = ("EPOCH",) if epochs else ()
+    columns(("NAME", "STATE", "HOST", "HOME", *epoch, "PID", "VERSION", "AGE", "DETAIL"), rows)
 
 
 def columns(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

@@ -11,11 +11,12 @@ from typing import Any
 from migrated._paths import check_owned
 from migrated.errors import ConfigError
 
-__all__ = ["DEFAULT_PORT", "Address", "PeerSettings", "load_config_file", "parse_address", "peer_settings"]
+__all__ = ["DEFAULT_PORT", "Address", "PeerSettings", "evacuate_target", "load_config_file", "parse_address",
+           "peer_settings"]  # fmt: skip
 
 DEFAULT_PORT = 7464
 CONFIG_FILE = "migrated.toml"
-_KEYS = {"name", "listen", "peers", "mdns", "mdns_interfaces"}
+_KEYS = {"name", "listen", "peers", "mdns", "mdns_interfaces", "evacuate_to"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,13 @@ def peer_settings(
         mdns=next(choice for choice in (mdns, file_mdns, True) if choice is not None),
         mdns_interfaces=interfaces or tuple(file_interfaces),
     )
+
+
+def evacuate_target(file: dict[str, Any], flag: str | None) -> str:
+    """The paired host a stopping daemon moves its apps to ("": none); the flag wins over the file."""
+    if flag is not None:
+        return flag
+    return _typed(file, "evacuate_to", str) or ""
 
 
 def _typed(file: dict[str, Any], key: str, kind: type) -> Any:

@@ -11,7 +11,7 @@ import sys
 import click
 
 from migrated._paths import resolve_state_dir
-from migrated.daemon._config import CONFIG_FILE, load_config_file, peer_settings
+from migrated.daemon._config import CONFIG_FILE, evacuate_target, load_config_file, peer_settings
 from migrated.daemon._server import DaemonConfig, serve
 from migrated.errors import MigError
 
@@ -71,6 +71,19 @@ __all__ = ["main"]
     show_default=True,
     help="Runner processes kept started ahead, so an app starts, opens or arrives without an interpreter start.",
 )
+@click.option(
+    "--evacuate-to",
+    metavar="HOST",
+    default=None,
+    help="When stopped (SIGTERM, mig shutdown), first move the apps running here to this paired host.",
+)
+@click.option(
+    "--evacuate-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a stop spends moving apps to --evacuate-to; what has not moved by then is closed here.",
+)
 @click.option("--handshake-timeout", type=float, default=10.0, hidden=True, help="Seconds a TLS handshake may take.")
 @click.option("--ready-fd", type=int, default=-1, hidden=True, help="Write 'ready' to this fd once serving.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -86,13 +99,16 @@ def main(
     home_timeout: float,
     safe_point_wait: float,
     spare_runners: int,
+    evacuate_to: str | None,
+    evacuate_timeout: float,
     handshake_timeout: float,
     ready_fd: int,
     verbose: bool,
 ) -> None:
     """Run the migrated daemon in the foreground.
 
-    Settings also come from DIR/migrated.toml (name, listen, peers, mdns, mdns_interfaces); flags win.
+    Settings also come from DIR/migrated.toml (name, listen, peers, mdns, mdns_interfaces, evacuate_to); flags
+    win.
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -113,6 +129,8 @@ def main(
             home_timeout=home_timeout,
             safe_point_wait=safe_point_wait,
             spare_runners=spare_runners,
+            evacuate_to=evacuate_target(file, evacuate_to),
+            evacuate_timeout=evacuate_timeout,
         )
         asyncio.run(serve(config, ready=lambda: _signal_ready(ready_fd)))
     except MigError as exc:

@@ -1,5 +1,6 @@
 """The Peer service: what paired peers may ask of this host (the peer port's PairedOnly check has let the caller
-in before any of these runs). Moves go to the move package, home links to the home package."""
+in before any of these runs). Moves go to the move package, home links to the home package, commands of `mig`
+relayed from a paired host to the control service."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import grpc.aio
 
 import migrated
 from migrated.daemon._peers import Peers
+from migrated.daemon.control import ControlService
 from migrated.daemon.home import Caller, HomeIO, serve_link
 from migrated.daemon.move import MoveDestination, MoveSource, checked, closing_away
 from migrated.discovery._paired import PairedPeer
@@ -28,8 +30,17 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PeerService(peer_pb2_grpc.PeerServicer):
     """Serves paired peers; every call but Ping waits until the daemon has taken up what a restart left."""
 
-    def __init__(self, peers: Peers, source: MoveSource, destination: MoveDestination, home: HomeIO, host: str) -> None:
+    def __init__(
+        self,
+        peers: Peers,
+        source: MoveSource,
+        destination: MoveDestination,
+        home: HomeIO,
+        control: ControlService,
+        host: str,
+    ) -> None:
         self.peers = peers
+        self.control = control
         self.source = source
         self.destination = destination
         self.home = home
@@ -90,6 +101,11 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         caller = self._caller(context)
         async for down in serve_link(self.home, self.host, request_iterator, Caller(caller.device_id, caller.name)):
             yield down
+
+    async def Relay(self, request: pb.RelayRequest, context: Context) -> AsyncIterator[pb.RelayReply]:
+        await self.ready.wait()
+        async for reply in self.control.relayed(request.method, request.request):
+            yield pb.RelayReply(reply=reply)
 
     def _caller(self, context: Context) -> PairedPeer:
         caller = self.peers.paired.by_client(caller_cert_hash(context) or "")

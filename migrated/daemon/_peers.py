@@ -289,6 +289,21 @@ class Peers:
         except grpc.aio.AioRpcError as exc:
             raise await self._failure(exc, peer, address) from None
 
+    async def relay(
+        self, peer: PairedPeer, method: str, request: bytes, deadline: float | None
+    ) -> AsyncIterator[bytes]:
+        """The replies of the paired host ``peer`` to a Control call relayed to it (``Relay``); the call ends
+        when the caller stops reading."""
+        _, address = self.paired_target(peer.device_id)
+        call = self.stub(peer, address).Relay(pb.RelayRequest(method=method, request=request), timeout=deadline)
+        try:
+            async for reply in call:
+                yield reply.reply
+        except grpc.aio.AioRpcError as exc:
+            raise await self._failure(exc, peer, address) from None
+        finally:
+            call.cancel()
+
     async def _failure(self, exc: grpc.aio.AioRpcError, peer: PairedPeer, address: Address) -> MigError:
         """The error a failed call stands for; an unreachable host that presents another certificate than the
         paired one is named as such."""

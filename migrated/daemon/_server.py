@@ -16,8 +16,6 @@ import grpc.aio
 
 from migrated.checkpoint import Store
 from migrated.daemon._config import PeerSettings
-from migrated.daemon._control import ControlService
-from migrated.daemon._control_socket import ControlSocket
 from migrated.daemon._db import Db
 from migrated.daemon._exports import ExportTrust
 from migrated.daemon._paired_rows import PairedRows
@@ -29,8 +27,9 @@ from migrated.daemon._spares import SpareRunners
 from migrated.daemon._statedir import StateDir
 from migrated.daemon._tasks import Tasks
 from migrated.daemon.apps import AppRegistry, AppTable, AppVersions, Checkpointer
+from migrated.daemon.control import ControlService, ControlSocket, Routes
 from migrated.daemon.home import FileGrants, HomeIO
-from migrated.daemon.move import Journal, MoveDestination, MoveSource, recover
+from migrated.daemon.move import Journal, MoveDestination, MoveSource, evacuate_on_stop, recover
 from migrated.discovery._paired import PairedPeers
 from migrated.errors import MigError
 from migrated.transport.v1 import peer_pb2_grpc
@@ -53,6 +52,8 @@ class DaemonConfig:
     home_timeout: float = 30.0
     safe_point_wait: float = SAFE_POINT_WAIT
     spare_runners: int = 1
+    evacuate_to: str = ""  # a paired host a stop moves the running apps to first
+    evacuate_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +97,15 @@ def _compose(config: DaemonConfig, store: Store, db: Db, tasks: Tasks, stop: Cal
     source = MoveSource(registry, table, versions, home, peers, journal, store, tasks, host)
     destination = MoveDestination(registry, table, home, peers, journal, store, spares, tasks, state_dir, host)
     pairing = Pairing(peers)
-    peer_service = PeerService(peers, source, destination, home, host)
-    control = ControlService(
-        registry, table, versions, source, peers, pairing, store, tasks, host, str(state_dir), stop
-    )
+
+    def control_with(routes: Routes) -> ControlService:
+        return ControlService(
+            registry, table, versions, source, peers, pairing, routes, store, tasks, host, str(state_dir), stop
+        )
+
+    control = control_with(Routes(registry, peers, host))
+    served_to_peers = control_with(Routes(registry, peers, host, relays=False))  # a relayed call goes no further
+    peer_service = PeerService(peers, source, destination, home, served_to_peers, host)
     return _Daemon(config, store, tasks, peers, pairing, registry, home, table, versions, journal, source,
                    destination, peer_service, control)  # fmt: skip
 
@@ -160,6 +166,8 @@ async def _start(daemon: _Daemon, socket: Path) -> ControlSocket:
 async def _stop(daemon: _Daemon, server: ControlSocket) -> None:
     """Close every app that runs (saving what can be saved), let visitors' consoles reach home, stop the rest."""
     log.info("stopping")
+    if daemon.config.evacuate_to:
+        await evacuate_on_stop(daemon.source, daemon.config.evacuate_to, daemon.config.evacuate_timeout)
     await daemon.table.close_all(daemon.versions.close)
     daemon.table.spares.close()
     await daemon.home.flush_all()

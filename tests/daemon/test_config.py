@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from migrated.daemon._config import DEFAULT_PORT, Address, load_config_file, parse_address, peer_settings
+from migrated.daemon._config import (
+    DEFAULT_PORT,
+    Address,
+    evacuate_target,
+    load_config_file,
+    parse_address,
+    peer_settings,
+)
 from migrated.errors import ConfigError
 
 
@@ -61,3 +68,13 @@ def test_the_config_file(tmp_path: Path) -> None:
     path.write_text("peers = [1]\n")
     with pytest.raises(ConfigError, match="list of"):
         peer_settings(load_config_file(path), listen=None, peers=(), mdns=None)
+
+
+def test_the_evacuation_host_comes_from_the_flag_else_the_file(tmp_path: Path) -> None:
+    (tmp_path / "migrated.toml").write_text('evacuate_to = "fileserver"\n')
+    file = load_config_file(tmp_path / "migrated.toml")
+    assert evacuate_target(file, None) == "fileserver"
+    assert evacuate_target(file, "nas") == "nas"
+    assert evacuate_target({}, None) == ""
+    with pytest.raises(ConfigError, match="evacuate_to in the config file must be a str"):
+        evacuate_target({"evacuate_to": 3}, None)

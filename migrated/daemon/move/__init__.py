@@ -4,7 +4,7 @@ of what a restart interrupted. The hand-off machines in ``daemon._handoff`` deci
 
 from migrated.daemon.move._destination import MoveDestination, checked
 from migrated.daemon.move._journal import Journal
-from migrated.daemon.move._modes import close_away, closing_away, evacuate
+from migrated.daemon.move._modes import close_away, closing_away, evacuate, evacuate_on_stop
 from migrated.daemon.move._recovery import recover
 from migrated.daemon.move._source import COMMIT_WAIT, MoveSource
 from migrated.daemon.move._transfer import MoveProgress
@@ -19,5 +19,6 @@ __all__ = [
     "close_away",
     "closing_away",
     "evacuate",
+    "evacuate_on_stop",
     "recover",
 ]

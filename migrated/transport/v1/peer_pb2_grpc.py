@@ -203,6 +203,11 @@ class PeerStub:
                 request_serializer=migrated_dot_v1_dot_peer__pb2.LinkUp.SerializeToString,
                 response_deserializer=migrated_dot_v1_dot_peer__pb2.LinkDown.FromString,
                 _registered_method=True)
+        self.Relay = channel.unary_stream(
+                '/migrated.v1.Peer/Relay',
+                request_serializer=migrated_dot_v1_dot_peer__pb2.RelayRequest.SerializeToString,
+                response_deserializer=migrated_dot_v1_dot_peer__pb2.RelayReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -269,6 +274,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Relay(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -321,6 +332,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.HomeLink,
                     request_deserializer=migrated_dot_v1_dot_peer__pb2.LinkUp.FromString,
                     response_serializer=migrated_dot_v1_dot_peer__pb2.LinkDown.SerializeToString,
+            ),
+            'Relay': grpc.unary_stream_rpc_method_handler(
+                    servicer.Relay,
+                    request_deserializer=migrated_dot_v1_dot_peer__pb2.RelayRequest.FromString,
+                    response_serializer=migrated_dot_v1_dot_peer__pb2.RelayReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -594,6 +610,33 @@ class Peer:
             '/migrated.v1.Peer/HomeLink',
             migrated_dot_v1_dot_peer__pb2.LinkUp.SerializeToString,
             migrated_dot_v1_dot_peer__pb2.LinkDown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Relay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/migrated.v1.Peer/Relay',
+            migrated_dot_v1_dot_peer__pb2.RelayRequest.SerializeToString,
+            migrated_dot_v1_dot_peer__pb2.RelayReply.FromString,
             options,
             channel_credentials,
             insecure,

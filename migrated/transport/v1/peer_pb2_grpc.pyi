@@ -80,6 +80,7 @@ class PeerStub:
     Decision: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DecisionRequest, _peer_pb2.DecisionReply]
     CloseAway: _grpc.UnaryUnaryMultiCallable[_peer_pb2.CloseAwayRequest, _peer_pb2.CloseAwayReply]
     HomeLink: _grpc.StreamStreamMultiCallable[_peer_pb2.LinkUp, _peer_pb2.LinkDown]
+    Relay: _grpc.UnaryStreamMultiCallable[_peer_pb2.RelayRequest, _peer_pb2.RelayReply]
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -96,6 +97,7 @@ class PeerAsyncStub(PeerStub):
     Decision: _aio.UnaryUnaryMultiCallable[_peer_pb2.DecisionRequest, _peer_pb2.DecisionReply]  # type: ignore[assignment]
     CloseAway: _aio.UnaryUnaryMultiCallable[_peer_pb2.CloseAwayRequest, _peer_pb2.CloseAwayReply]  # type: ignore[assignment]
     HomeLink: _aio.StreamStreamMultiCallable[_peer_pb2.LinkUp, _peer_pb2.LinkDown]  # type: ignore[assignment]
+    Relay: _aio.UnaryStreamMultiCallable[_peer_pb2.RelayRequest, _peer_pb2.RelayReply]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """Paired callers only: the server checks every call's client certificate hash against its paired table."""
@@ -169,5 +171,12 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_peer_pb2.LinkUp],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_peer_pb2.LinkDown], _abc.AsyncIterator[_peer_pb2.LinkDown]]: ...
+
+    @_abc_1.abstractmethod
+    def Relay(
+        self,
+        request: _peer_pb2.RelayRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.RelayReply], _abc.AsyncIterator[_peer_pb2.RelayReply]]: ...
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

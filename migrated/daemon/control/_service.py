@@ -15,9 +15,11 @@ from migrated.daemon._peers import Peers
 from migrated.daemon._records import AppRecord, AppSpec, State
 from migrated.daemon._tasks import Tasks
 from migrated.daemon.apps import AppRegistry, AppTable, AppVersions
+from migrated.daemon.control._routes import RELAYABLE, Role, Routes, merge
 from migrated.daemon.move import MoveProgress, MoveSource, close_away, evacuate
 from migrated.discovery._table import PeerRow
 from migrated.errors import AppFileError, MigError, UsageError
+from migrated.transport._control_wire import method
 from migrated.transport.v1 import control_pb2 as pb
 
 __all__ = ["ControlService"]
@@ -38,7 +40,8 @@ BATCH_LINES = 8192
 
 
 class ControlService:
-    """The control API of ``control.proto``: the commands of ``mig`` (``_control_socket.py`` carries them)."""
+    """The control API of ``control.proto``: the commands of ``mig`` (``_socket.py`` carries them). A command that
+    names an app another host concerns is relayed there (``_routes.py``)."""
 
     def __init__(
         self,
@@ -48,6 +51,7 @@ class ControlService:
         source: MoveSource,
         peers: Peers,
         pairing: Pairing,
+        routes: Routes,
         store: Store,
         tasks: Tasks,
         host: str,
@@ -60,6 +64,7 @@ class ControlService:
         self.source = source
         self.peers = peers
         self.pairing = pairing
+        self.routes = routes
         self.store = store
         self._tasks = tasks
         self.host = host
@@ -116,12 +121,20 @@ class ControlService:
         return self.info(await self.table.run(spec))
 
     async def List(self, request: pb.ListRequest) -> pb.ListReply:
-        return pb.ListReply(apps=[self.info(record) for record in self.registry])
+        apps = [self.info(record) for record in self.registry]
+        if not request.all or not self.routes.relays:
+            return pb.ListReply(apps=apps)
+        survey = await self.routes.survey()
+        return pb.ListReply(apps=merge([(self.host, apps), *survey.answers]), unreachable=survey.silent)
 
     async def Get(self, request: pb.AppRef) -> pb.AppInfo:
+        if (reply := await self.routes.relay_unary("Get", request, Role.HOME)) is not None:
+            return reply  # type: ignore[no-any-return]
         return self.info(self.registry.get(request.name))
 
     async def Kill(self, request: pb.KillRequest) -> pb.AppInfo:
+        if (reply := await self.routes.relay_unary("Kill", request, Role.HOST)) is not None:
+            return reply  # type: ignore[no-any-return]
         return self.info(await self.table.stop(request.name, force=request.force))
 
     async def Remove(self, request: pb.RemoveRequest) -> pb.RemoveReply:
@@ -129,10 +142,18 @@ class ControlService:
         return pb.RemoveReply()
 
     async def Send(self, request: pb.SendRequest) -> pb.SendReply:
+        if (reply := await self.routes.relay_unary("Send", request, Role.INPUT)) is not None:
+            return reply  # type: ignore[no-any-return]
         await self.table.send(request.name, request.text)
         return pb.SendReply()
 
     async def Logs(self, request: pb.LogsRequest) -> AsyncIterator[pb.ConsoleBatch]:
+        target = await self.routes.find(request.name, Role.HOME)
+        request.name = target.name
+        if target.peer is not None:
+            async for batch in self.routes.relay(target.peer, "Logs", request):
+                yield batch
+            return
         record = self.registry.get(request.name)
         console = record.console
         since = request.since or (console.log.tail_start(request.tail) if request.tail else 0)
@@ -161,18 +182,26 @@ class ControlService:
             yield pb.ConsoleBatch(app=self.info(record))
 
     async def Checkpoint(self, request: pb.CheckpointRequest) -> pb.CheckpointReply:
+        if (reply := await self.routes.relay_unary("Checkpoint", request, Role.HOST)) is not None:
+            return reply  # type: ignore[no-any-return]
         info, captured = await self.versions.checkpoint(request.name, "manual", request.message)
         return pb.CheckpointReply(
             version=_version(info), pause_seconds=captured.pause, capture_seconds=captured.capture
         )
 
     async def History(self, request: pb.AppRef) -> pb.HistoryReply:
+        if (reply := await self.routes.relay_unary("History", request, Role.HOME)) is not None:
+            return reply  # type: ignore[no-any-return]
         return pb.HistoryReply(versions=[_version(info) for info in await self.versions.history(request.name)])
 
     async def Close(self, request: pb.AppRef) -> pb.AppInfo:
+        if (reply := await self.routes.relay_unary("Close", request, Role.HOME)) is not None:
+            return reply  # type: ignore[no-any-return]
         return self.info(await close_away(self.source, request.name))
 
     async def Open(self, request: pb.OpenRequest) -> pb.AppInfo:
+        if (reply := await self.routes.relay_unary("Open", request, Role.HOME)) is not None:
+            return reply  # type: ignore[no-any-return]
         if request.on:
             if request.version:
                 raise UsageError(
@@ -241,6 +270,13 @@ class ControlService:
         return pb.PeerInfo(name=peer.name, address=peer.address, device_id=peer.device_id, paired=False)
 
     async def Move(self, request: pb.MoveRequest) -> AsyncIterator[pb.MoveProgress]:
+        target = await self.routes.find(request.name, Role.HOST)
+        request.name = target.name
+        if target.peer is not None:  # a pull, or a move between two other hosts: the host that runs it moves it
+            request.host = self.routes.destination(request.name, request.host, target.peer)
+            async for update in self.routes.relay(target.peer, "Move", request):
+                yield update
+            return
         updates: asyncio.Queue[MoveProgress | None] = asyncio.Queue()
         outcome: list[tuple[AppRecord, str] | BaseException] = []
 
@@ -279,6 +315,20 @@ class ControlService:
         info.host = info.home = where
         info.state = pb.APP_STATE_RUNNING if was_running else pb.APP_STATE_CLOSED
         return info
+
+    async def relayed(self, method_name: str, data: bytes) -> AsyncIterator[bytes]:
+        """Serve a call a paired host relayed here (``Peer.Relay``) as this host's ``mig`` would: its replies (the
+        composition root gives the peer port a control service whose routes never relay further)."""
+        called = method(method_name) if method_name in RELAYABLE else None
+        if called is None:
+            raise UsageError(f"{method_name!r} cannot be asked of another host; run it there")
+        request = called.request.FromString(data)
+        handler = getattr(self, method_name)
+        if called.streaming:
+            async for reply in handler(request):
+                yield reply.SerializeToString()
+        else:
+            yield (await handler(request)).SerializeToString()
 
     async def PingPeer(self, request: pb.PingPeerRequest) -> pb.PingPeerReply:
         row, rtts = await self.peers.ping(request.host, request.count)

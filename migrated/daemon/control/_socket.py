@@ -17,8 +17,8 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
-from migrated.daemon._control import ControlService
 from migrated.daemon._tasks import owned
+from migrated.daemon.control._service import ControlService
 from migrated.errors import DaemonError, MigError
 from migrated.transport._control_wire import HEADER, MAX_FRAME, FrameKind, Method, error_frame, frame, parse_call, plain
 
