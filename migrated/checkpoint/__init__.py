@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from migrated.checkpoint._archive import Export, Signature, read_export
     from migrated.checkpoint._assemble import code_bundle
     from migrated.checkpoint._chunks import BufferLayout, Chunked, Piece, chunk_hash, chunk_snapshot
-    from migrated.checkpoint._codec import Codec, StoredChunk
+    from migrated.checkpoint._codec import WIRE_CODECS, Codec, StoredChunk
     from migrated.checkpoint._fingerprint import code_files, package_versions, runtime_fingerprint
     from migrated.checkpoint._manifest import (
         Draft,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from migrated.checkpoint._writes import GcReport
 
 __all__ = [
+    "WIRE_CODECS",
     "BufferLayout",
     "Chunked",
     "Codec",
@@ -96,6 +97,7 @@ _HOME = {
     "chunk_hash": "_chunks",
     "chunk_snapshot": "_chunks",
     "Codec": "_codec",
+    "WIRE_CODECS": "_codec",
     "StoredChunk": "_codec",
     "code_files": "_fingerprint",
     "package_versions": "_fingerprint",

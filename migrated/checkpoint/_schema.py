@@ -99,6 +99,22 @@ def m002_manifest_hash(db: Database) -> None:
     )
 
 
+@migration
+def m003_delta_chunks(db: Database) -> None:
+    """A chunk may be a delta against base chunks (codec 2): its depth, and its bases in order. A base is kept
+    while any chunk uses it (the foreign key refuses to delete it; ``gc`` deletes from the top of a chain)."""
+    db.execute("ALTER TABLE chunks ADD COLUMN depth INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """CREATE TABLE chunk_bases (
+        chunk_id INTEGER NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        base_id INTEGER NOT NULL REFERENCES chunks (id),
+        PRIMARY KEY (chunk_id, position)
+    ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX chunk_bases_by_base ON chunk_bases (base_id)")
+
+
 def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with the store's settings."""
     target = str(path) if create else f"file:{urllib.parse.quote(str(path))}?mode=rw"

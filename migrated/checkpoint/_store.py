@@ -23,10 +23,11 @@ from types import TracebackType
 from typing import BinaryIO, TypeVar
 
 from migrated._storage import disk_problem, fix, storage_error
-from migrated.checkpoint import _archive, _retention, _rows, _schema, _writes
+from migrated.checkpoint import _archive, _delta, _retention, _rows, _schema, _writes
 from migrated.checkpoint._assemble import Assembled, Damage, check_chunk, code_bundle
 from migrated.checkpoint._chunks import Piece
-from migrated.checkpoint._codec import Codec, StoredChunk, encode
+from migrated.checkpoint._codec import STREAM_LEVEL, Codec, StoredChunk, encode
+from migrated.checkpoint._expand import Expander, RawCache
 from migrated.checkpoint._manifest import Draft, Kind, check_manifest, chunk_hashes, proto_kind
 from migrated.checkpoint._rows import VersionInfo
 from migrated.checkpoint._snapshot import Snapshot
@@ -88,6 +89,7 @@ class Store:
         self.unclean = False
         self.problems: list[str] = []
         self._writer: Writer | None = None
+        self._raws = RawCache()  # raw stream chunks of recent versions: the bases of the next one's deltas
         if not readonly:
             self.unclean = self._marker.exists()
             self._writer = Writer(self._open_writer, f"checkpoint-store-writer {self.path.name}")
@@ -192,9 +194,10 @@ class Store:
             return set(wanted) - set(_rows.chunk_ids(conn, wanted))
 
     def read_chunks(self, hashes: Iterable[bytes]) -> Iterator[tuple[bytes, StoredChunk]]:
-        """Stored chunks as they are kept (compressed or raw): what a transfer or an export sends."""
+        """Stored chunks as they travel (compressed or raw, never a delta: the peer may lack its base, so a delta
+        is expanded and compressed whole): what a transfer sends."""
         with self._read() as conn:
-            yield from _rows.read_chunks(conn, hashes)
+            yield from _travelling(Expander(conn), _rows.read_chunks(conn, hashes))
 
     def load(self, app: str, version: int | None = None) -> Loaded:
         """Bring a version back (the latest when ``version`` is None), checking every chunk against its hash.
@@ -209,7 +212,7 @@ class Store:
             _check_fits(row.manifest, row.info)
             assembled = Assembled(row.manifest)
             try:
-                for digest, stored in _rows.read_version_chunks(conn, row.id):
+                for digest, stored in Expander(conn).whole(_rows.read_version_chunks(conn, row.id)):
                     assembled.put(digest, stored)
                 snapshot = assembled.snapshot()
             except Damage as damage:
@@ -221,11 +224,11 @@ class Store:
         with self._read() as conn:
             row = _rows.find_version(conn, app, version)
             check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
-            stored = dict(_rows.read_chunks(conn, list({file.hash for file in row.manifest.code})))
-        try:
-            code = code_bundle(row.manifest, stored)
-        except Damage as damage:
-            raise _damaged(app, row.info.version, damage) from None
+            try:
+                hashes = list({file.hash for file in row.manifest.code})
+                code = code_bundle(row.manifest, dict(Expander(conn).whole(_rows.read_chunks(conn, hashes))))
+            except Damage as damage:
+                raise _damaged(app, row.info.version, damage) from None
         return row.info, row.manifest, code
 
     def load_last_good(self, app: str) -> tuple[Loaded, list[CheckpointDamagedError]]:
@@ -248,16 +251,17 @@ class Store:
         bad: dict[int, tuple[bytes, str]] = {}
         count = size = 0
         with self._read() as conn:
-            for chunk_id, digest, codec, raw_size, data in conn.execute(
-                "SELECT id, hash, codec, raw_size, data FROM chunks"
-            ):
-                count, size = count + 1, size + raw_size
+            expander = Expander(conn)  # its own cache: every base is read and checked again
+            for chunk_id, digest, stored in _rows.all_chunks(conn):
+                count += 1
+                if stored is None:
+                    bad[chunk_id] = (digest, "is stored with an unknown codec")
+                    continue
+                size += stored.raw_size
                 try:
-                    check_chunk(digest, StoredChunk(Codec(codec), raw_size, data))
+                    expander.raw(digest, stored)
                 except Damage as damage:
                     bad[chunk_id] = (digest, damage.reason)
-                except ValueError:
-                    bad[chunk_id] = (digest, f"is stored with an unknown codec ({codec})")
             damaged = _damaged_manifests(conn) + _damaged_versions(conn, bad)
         return VerifyReport(count, size, damaged)
 
@@ -277,11 +281,51 @@ class Store:
         check_manifest(manifest, f"the checkpoint of {manifest.app!r}")
         missing = self.missing(chunk_hashes(manifest))
         ready = {digest: _encoded(digest, chunks) for digest in missing}
+        if not new_app:
+            ready.update(self._deltas(manifest, ready, chunks))
 
         def source(digest: bytes) -> StoredChunk:  # a chunk another task removed since we looked
             return ready[digest] if digest in ready else _encoded(digest, chunks)
 
-        return self._write(lambda conn: _writes.put_version(conn, manifest, source, new_app=new_app))
+        def whole(digest: bytes) -> StoredChunk:
+            return _encoded(digest, chunks)
+
+        info = self._write(lambda conn: _writes.put_version(conn, manifest, source, new_app=new_app, whole=whole))
+        self._remember(manifest, chunks)
+        return info
+
+    def _deltas(
+        self, manifest: pb.CheckpointManifest, whole: Mapping[bytes, StoredChunk], chunks: ChunkSource
+    ) -> dict[bytes, StoredChunk]:
+        """The new stream chunks worth storing as deltas against the parent version (``_delta``)."""
+        new = {ref.hash: piece.data for ref in manifest.stream if isinstance(piece := chunks.get(ref.hash), Piece)}
+        new = {digest: data for digest, data in new.items() if digest in whole}
+        if not new:
+            return {}
+        with self._read() as conn:
+            try:
+                parent = _rows.find_version(conn, manifest.app, manifest.parent or None).manifest
+            except MigError:  # no parent (a first version), or a damaged one: no deltas
+                return {}
+            refs = [(ref.hash, ref.size) for ref in parent.stream]
+            work = _delta.jobs([(ref.hash, ref.size) for ref in manifest.stream], new, refs)
+            info = _rows.ChunkInfo(conn)
+            expander = Expander(conn, self._raws)
+
+            def raw(digest: bytes) -> bytes | None:
+                try:
+                    return expander.base(digest)
+                except Damage:
+                    return None
+
+            return _delta.encode_deltas(work, whole, info, raw)
+
+    def _remember(self, manifest: pb.CheckpointManifest, chunks: ChunkSource) -> None:
+        """Keep the raw stream chunks of a version made here: the next version's deltas start from them."""
+        for ref in manifest.stream:
+            piece = chunks.get(ref.hash)
+            if isinstance(piece, Piece):
+                self._raws.put(ref.hash, piece.data)
 
     def put_draft(self, draft: Draft) -> VersionInfo:
         """``put_version`` of a draft made in this process."""
@@ -292,7 +336,8 @@ class Store:
         given; return the bytes written."""
         with self._read() as conn:
             row = _rows.find_version(conn, app, version)
-            return _archive.write_export(out, row.manifest, _rows.read_version_chunks(conn, row.id), sign)
+            chunks = _travelling(Expander(conn), _rows.read_version_chunks(conn, row.id))
+            return _archive.write_export(out, row.manifest, chunks, sign)
 
     def import_(self, src: BinaryIO, name: str = "", source: str = "the file") -> VersionInfo:
         """Check an export from ``src`` whole, then store it as the first version of a new app (``name``, or
@@ -385,6 +430,19 @@ def _encoded(digest: bytes, chunks: ChunkSource) -> StoredChunk:
     except Damage as damage:
         raise CheckpointError(f"refusing a chunk that fails its check: {damage}") from None
     return given
+
+
+def _travelling(expander: Expander, chunks: Iterable[tuple[bytes, StoredChunk]]) -> Iterator[tuple[bytes, StoredChunk]]:
+    """``chunks`` as they leave the store: a delta expanded (checked) and compressed whole."""
+    for digest, stored in chunks:
+        if stored.codec != Codec.DELTA:
+            yield digest, stored
+            continue
+        try:
+            raw = expander.raw(digest, stored)
+        except Damage as damage:
+            raise CheckpointDamagedError(f"{damage}; run mig verify") from None
+        yield digest, encode(raw, STREAM_LEVEL)
 
 
 def _check_fits(manifest: pb.CheckpointManifest, info: VersionInfo) -> None:

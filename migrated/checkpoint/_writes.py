@@ -30,10 +30,16 @@ class GcReport:
 
 
 def put_version(
-    conn: sqlite3.Connection, manifest: pb.CheckpointManifest, encode: Encode, *, new_app: bool = False
+    conn: sqlite3.Connection,
+    manifest: pb.CheckpointManifest,
+    encode: Encode,
+    *,
+    new_app: bool = False,
+    whole: Encode | None = None,
 ) -> VersionInfo:
     """Store the chunks the store lacks (``encode(hash)`` gives them), then the version that uses them.
-    With ``new_app``, refuse an app that has versions already."""
+    With ``new_app``, refuse an app that has versions already. A delta whose bases are gone by now (a ``gc``
+    ran since it was made) is stored as ``whole(hash)`` gives it instead."""
     with immediate(conn):
         if new_app:
             _refuse_existing(conn, manifest.app)
@@ -42,7 +48,7 @@ def put_version(
         added = 0
         for digest in hashes:
             if digest not in ids:
-                ids[digest], size = _insert_chunk(conn, digest, encode(digest))
+                ids[digest], size = _insert_chunk(conn, digest, encode(digest), whole)
                 added += size
         app_id, number, latest = _app_for_new_version(conn, manifest.app)
         final = _finish(manifest, number, manifest.parent or latest, added)
@@ -113,13 +119,22 @@ def remove_app(conn: sqlite3.Connection, app: str) -> int:
 
 
 def gc(conn: sqlite3.Connection) -> GcReport:
-    """Delete every chunk no version references, then give the freed pages back to the file system."""
-    unused = "NOT EXISTS (SELECT 1 FROM version_chunks vc WHERE vc.chunk_id = chunks.id)"
+    """Delete every chunk that no version references and no kept delta uses as a base, then give the freed pages
+    back to the file system. A chain is deleted from its top: each round frees the bases of the last."""
+    unused = (
+        "NOT EXISTS (SELECT 1 FROM version_chunks vc WHERE vc.chunk_id = chunks.id) "
+        "AND NOT EXISTS (SELECT 1 FROM chunk_bases cb WHERE cb.base_id = chunks.id)"
+    )
+    count = size = 0
     with immediate(conn):
-        count, size = conn.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM chunks WHERE {unused}"
-        ).fetchone()
-        conn.execute(f"DELETE FROM chunks WHERE {unused}")
+        while True:
+            found, found_size = conn.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM chunks WHERE {unused}"
+            ).fetchone()
+            if not found:
+                break
+            conn.execute(f"DELETE FROM chunks WHERE {unused}")
+            count, size = count + found, size + found_size
     conn.execute("PRAGMA incremental_vacuum")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return GcReport(count, size)
@@ -136,13 +151,25 @@ def _delete(conn: sqlite3.Connection, app: str, versions: Sequence[int]) -> list
     return deleted
 
 
-def _insert_chunk(conn: sqlite3.Connection, digest: bytes, stored: StoredChunk) -> tuple[int, int]:
+def _insert_chunk(
+    conn: sqlite3.Connection, digest: bytes, stored: StoredChunk, whole: Encode | None
+) -> tuple[int, int]:
+    base_ids = chunk_ids(conn, stored.bases) if stored.bases else {}
+    if len(base_ids) < len(stored.bases):
+        if whole is None:
+            raise CheckpointError(f"chunk {digest.hex()[:16]} is a delta whose base is not stored")
+        stored, base_ids = whole(digest), {}
     size = memoryview(stored.data).nbytes
     cursor = conn.execute(
-        "INSERT INTO chunks (hash, codec, raw_size, stored_size, data) VALUES (?, ?, ?, ?, ?)",
-        (digest, int(stored.codec), stored.raw_size, size, stored.data),
+        "INSERT INTO chunks (hash, codec, raw_size, stored_size, data, depth) VALUES (?, ?, ?, ?, ?, ?)",
+        (digest, int(stored.codec), stored.raw_size, size, stored.data, stored.depth if base_ids else 0),
     )
-    return _rowid(cursor), size
+    chunk_id = _rowid(cursor)
+    conn.executemany(
+        "INSERT INTO chunk_bases (chunk_id, position, base_id) VALUES (?, ?, ?)",
+        ((chunk_id, position, base_ids[base]) for position, base in enumerate(stored.bases) if base_ids),
+    )
+    return chunk_id, size
 
 
 def _app_for_new_version(conn: sqlite3.Connection, app: str) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 
-from migrated.checkpoint import Codec, Store, StoredChunk, chunk_hashes
+from migrated.checkpoint import WIRE_CODECS, Codec, Store, StoredChunk, chunk_hashes
 from migrated.daemon._faults import fault_point
 from migrated.daemon._peers import Peers
 from migrated.discovery._paired import PairedPeer
@@ -22,7 +22,7 @@ __all__ = ["BATCH_BYTES", "MoveProgress", "Report", "receive", "send", "staging"
 log = logging.getLogger("migrated.moves")
 
 BATCH_BYTES = 1 << 20  # chunk bytes per Stage message
-_CODECS = frozenset(int(codec) for codec in Codec)
+_CODECS = frozenset(int(codec) for codec in WIRE_CODECS)  # never a delta: its base might not be here
 
 
 @dataclass(slots=True)
