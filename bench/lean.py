@@ -12,7 +12,10 @@ All through the real daemon and ``mig``, each figure beside a baseline from the 
    ``--versions`` checkpoints: the bytes each version added (``mig history --json``) against what the first,
    full version stored (goal: at most 5 %), median, p90 and mean; and loading the newest version (the end of
    its delta chain) beside loading the first, whole one, from the store file in this process.
-3. Disk: 20 versions of a 64 MiB app (float64 array, 1 % rewritten in 64 scattered runs before each): the
+3. Page size: 128 MiB of 64 KiB blobs (float64 noise, as array chunks are stored) inserted in one transaction
+   (WAL, synchronous=FULL) at 4, 16, 32 and 64 KiB pages: MB/s written (best of 3), read back, and the file's
+   size once the WAL is checkpointed, beside the bytes held.
+4. Disk: 20 versions of a 64 MiB app (float64 array, 1 % rewritten in 64 scattered runs before each): the
    store file, its WAL and shared memory on disk beside the stored bytes the versions hold (chunks and
    manifests). Goal: at most 1.1x stored + 16 MiB.
 """
@@ -95,6 +98,7 @@ def scattered_dict(bench: Bench, versions: int, scale: float) -> dict[str, Any]:
         series["load_newest_version_s"] = _timed_load(store, name, newest)
         out[how] = series
         bench.daemon.mig("rm", "--force", name, check=False)
+        bench.daemon.mig("gc")  # the next series starts from the same state: it must not find it stored
     return out
 
 
@@ -155,6 +159,46 @@ def disk(bench: Bench, versions: int, scale: float) -> dict[str, Any]:
     }
 
 
+def pages(runs: int) -> dict[str, Any]:
+    """Part 3: SQLite page sizes for the store's chunks."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    blobs = [rng.standard_normal(8192).tobytes() for _ in range(2048)]
+    held = sum(map(len, blobs))
+    out: dict[str, Any] = {"held_bytes": held}
+    for _ in range(runs):
+        for size in (4096, 16384, 32768, 65536):
+            where = tempfile.mkdtemp(prefix="migpages", dir="/tmp")
+            try:
+                conn = sqlite3.connect(os.path.join(where, "t.db"), isolation_level=None)
+                for pragma in (f"page_size = {size}", "journal_mode = WAL", "synchronous = FULL"):
+                    conn.execute(f"PRAGMA {pragma}")
+                conn.execute("CREATE TABLE chunks (id INTEGER PRIMARY KEY, hash BLOB UNIQUE, data BLOB)")
+                started = time.perf_counter()
+                conn.execute("BEGIN")
+                conn.executemany("INSERT INTO chunks (hash, data) VALUES (?, ?)", ((os.urandom(32), b) for b in blobs))
+                conn.execute("COMMIT")
+                wrote = time.perf_counter() - started
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                started = time.perf_counter()
+                for (data,) in conn.execute("SELECT data FROM chunks"):
+                    del data
+                read = time.perf_counter() - started
+                conn.close()
+                file = os.path.getsize(os.path.join(where, "t.db"))
+            finally:
+                shutil.rmtree(where, ignore_errors=True)
+            row = out.setdefault(f"{size // 1024}KiB", {"write_MBps": 0.0, "read_MBps": 0.0})
+            row["write_MBps"] = max(row["write_MBps"], round(held / wrote / 1e6, 1))
+            row["read_MBps"] = max(row["read_MBps"], round(held / read / 1e6, 1))
+            row["file_x_held"] = round(file / held, 3)
+    return out
+
+
 def section(results: dict[str, Any], key: str, fn: Any) -> None:
     try:
         results[key] = fn()
@@ -167,11 +211,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1/4 of the state sizes and 10 versions")
     parser.add_argument("--versions", type=int, default=40, help="checkpoints per dict series")
-    parser.add_argument("--only", choices=("module", "dict", "disk"), action="append", help="run only these parts")
+    parser.add_argument(
+        "--only", choices=("module", "dict", "pages", "disk"), action="append", help="run only these parts"
+    )
     args = parser.parse_args()
     scale = 0.25 if args.quick else 1.0
     versions = 10 if args.quick else args.versions
-    parts = set(args.only or ("module", "dict", "disk"))
+    parts = set(args.only or ("module", "dict", "pages", "disk"))
     began = time.perf_counter()
     results: dict[str, Any] = {"scale": scale, "load_average_before": os.getloadavg()}
     with Daemon() as daemon:
@@ -180,6 +226,8 @@ def main() -> None:
             section(results, "module_state", functools.partial(module_state, bench, 2, 4))
         if "dict" in parts:
             section(results, "dict_100k", functools.partial(scattered_dict, bench, versions, scale))
+        if "pages" in parts:
+            section(results, "pages", functools.partial(pages, 1 if args.quick else 3))
         if "disk" in parts:
             section(results, "disk", functools.partial(disk, bench, 20, scale))
     results["load_average_after"] = os.getloadavg()
@@ -206,6 +254,12 @@ def summarise(results: dict[str, Any]) -> None:
             f"median {a['median']:.1f} %, p90 {a['p90']:.1f} %, mean {r['added_pct_of_first_version_mean']:.1f} % "
             f"of it; load newest {ms(r['load_newest_version_s'])} ms vs first {ms(r['load_first_version_s'])} ms"
         )
+    for size, row in results.get("pages", {}).items():
+        if isinstance(row, dict):
+            print(
+                f"pages {size}: write {row['write_MBps']} MB/s, read {row['read_MBps']} MB/s, file "
+                f"{row['file_x_held']}x the bytes held"
+            )
     d = results.get("disk")
     if d:
         print(

@@ -12,6 +12,7 @@ from migrated.checkpoint import _retention
 from migrated.checkpoint._codec import StoredChunk
 from migrated.checkpoint._manifest import Kind, chunk_hashes, kind_of, proto_kind
 from migrated.checkpoint._rows import VersionInfo, chunk_ids, find_version, manifest_hash, version_infos
+from migrated.checkpoint._schema import WAL_LIMIT, trim_wal
 from migrated.checkpoint._writer import immediate
 from migrated.errors import AppExistsError, CheckpointError
 from migrated.transport.v1 import checkpoint_pb2 as pb
@@ -52,7 +53,10 @@ def put_version(
                 added += size
         app_id, number, latest = _app_for_new_version(conn, manifest.app)
         final = _finish(manifest, number, manifest.parent or latest, added)
-        return _insert_version(conn, app_id, final, set(ids.values()))
+        info = _insert_version(conn, app_id, final, set(ids.values()))
+    if added > WAL_LIMIT:
+        trim_wal(conn)
+    return info
 
 
 def copy_version(
@@ -136,7 +140,7 @@ def gc(conn: sqlite3.Connection) -> GcReport:
             conn.execute(f"DELETE FROM chunks WHERE {unused}")
             count, size = count + found, size + found_size
     conn.execute("PRAGMA incremental_vacuum")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    trim_wal(conn)
     return GcReport(count, size)
 
 

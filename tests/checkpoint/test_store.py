@@ -65,15 +65,21 @@ def test_versions_and_chunks_are_immutable(store: Store) -> None:
             conn.execute("UPDATE chunks SET data = x'00'")
 
 
-def test_the_store_uses_wal_large_pages_and_foreign_keys(store: Store) -> None:
+def test_the_store_uses_wal_16k_pages_and_foreign_keys(store: Store) -> None:
     put(store, "a", 1)
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA page_size").fetchone() == (65536,)
+        assert conn.execute("PRAGMA page_size").fetchone() == (16384,)
         assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)
     store.delete_versions("a", [1])
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM version_chunks").fetchone() == (0,)  # cascaded
+
+
+def test_the_wal_does_not_keep_the_size_of_a_large_checkpoint(store: Store) -> None:
+    put(store, "a", {"array": random_array(40)})
+    wal = store.path.with_name(store.path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size <= 16 * MIB
 
 
 def test_a_second_identical_checkpoint_adds_nothing(store: Store) -> None:
