@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from migrated import _heap
 from migrated.checkpoint import Store, VersionInfo, parse_policy
 from migrated.daemon._records import AppRecord, State
 from migrated.daemon._runner import SAFE_POINT_WAIT, Busy, Captured, Runner
@@ -48,6 +49,11 @@ class Checkpointer:
             if hold:
                 await runner.resume()  # not stored: the app must not stop
             raise
+        finally:
+            received = sum(memoryview(piece.data).nbytes for piece in captured.chunks.values())
+            captured.chunks.clear()  # stored (or not): nobody needs them any more
+            if received >= _heap.LARGE:
+                await asyncio.to_thread(_heap.trim)
         record.version, record.save_error = info.version, ""
         log.info("%s: version %d (%s), paused %.1f ms", record.name, info.version, kind, captured.pause * 1000)
         return info, captured

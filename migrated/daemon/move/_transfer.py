@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 
+from migrated import _heap
 from migrated.checkpoint import WIRE_CODECS, Codec, Store, StoredChunk, chunk_hashes
 from migrated.daemon._faults import fault_point
 from migrated.daemon._peers import Peers
@@ -127,6 +128,10 @@ async def receive(
         info = await asyncio.to_thread(store.put_version, staged, chunks)
     except StorageError as exc:
         raise StorageError(f"{host} cannot store {ref.app!r}: {exc.message}") from None
+    finally:
+        chunks.clear()
+        if received >= _heap.LARGE:
+            await asyncio.to_thread(_heap.trim)
     log.info("staged %s for %s: %.1f MiB stored in %.0f ms", ref.app, ref.id[:8], received / 2**20,
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return ref, pb.StageReply(version=info.version, bytes_stored=received)
