@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -260,3 +262,16 @@ def test_a_detached_draft_copies_only_what_the_store_lacks(store: Store) -> None
     array[:] = 0.0  # the app runs on
     store.put_draft(detached)
     assert np.array_equal(load(store, "a")["array"], expected)
+
+
+def test_opening_a_migrated_store_loads_neither_sqlite_utils_nor_numpy(tmp_path: Path) -> None:
+    """The daemon's idle memory: sqlite-utils only when a migration is pending, and never NumPy through it."""
+    code = (
+        "import sys; from migrated.checkpoint import Store; Store(sys.argv[1]).close(); "
+        "print('sqlite_utils' in sys.modules, 'numpy' in sys.modules)"
+    )
+    path = str(tmp_path / "checkpoints.db")
+    runs = [
+        subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True) for _ in "ab"
+    ]
+    assert [run.stdout.split() for run in runs] == [["True", "False"], ["False", "False"]]
