@@ -89,6 +89,17 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
+def _restarted_idle(daemon: Daemon) -> dict[str, int]:
+    """The daemon's memory idle once started again on its state directory (no migration left to run)."""
+    daemon.mig("shutdown", check=False, timeout=30)
+    assert daemon.proc is not None
+    daemon.proc.wait(timeout=30)
+    daemon._log.close()
+    daemon.start()
+    time.sleep(SETTLE)
+    return _mem(daemon.pid)
+
+
 def large_work(daemon: Daemon, mib: int) -> dict[str, Any]:
     """Checkpoint an app of ``mib`` MiB three times with new content, close it; the daemon's and runner's memory."""
     from bench.checkpoint_app import Bench
@@ -154,6 +165,7 @@ def main() -> None:
         time.sleep(SETTLE / 2)
         after = _mem(daemon.pid)
         large = large_work(daemon, opts.big_mib) if opts.big_mib else {}
+        restarted = _restarted_idle(daemon)
 
     per_app_daemon = {key: (loaded[key] - idle[key]) / opts.apps for key in idle}
     results: dict[str, Any] = {
@@ -165,6 +177,7 @@ def main() -> None:
             f"with_{opts.apps}_apps": loaded,
             "per_app_growth": per_app_daemon,
             "after_apps_removed": after,
+            "idle_after_a_restart": restarted,
         },
         "runner": {"median": runner_median, "samples": runners},
         "large_work": large,
@@ -177,6 +190,7 @@ def main() -> None:
         (f"daemon with {opts.apps} apps", _mib(loaded)),
         ("daemon growth per app (KiB)", _mib(per_app_daemon, 1024)),
         ("daemon after the apps are removed", _mib(after)),
+        ("daemon idle after a restart (store exists)", _mib(restarted)),
         (f"runner (median of {opts.apps})", _mib(runner_median)),
         *((f"baseline: {name}", _mib(mem)) for name, mem in baselines.items()),
     ]
