@@ -12,6 +12,7 @@ A store opened with ``readonly=True`` (a runner that restores an app) has no wri
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import sqlite3
@@ -35,7 +36,7 @@ from migrated.checkpoint._writer import Writer
 from migrated.errors import CheckpointDamagedError, CheckpointError, MigError, StateDirError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
-__all__ = ["Damaged", "Loaded", "Store", "VerifyReport"]
+__all__ = ["Damaged", "Loaded", "Pending", "Store", "VerifyReport"]
 
 ChunkSource = Mapping[bytes, Piece | StoredChunk]
 Code = dict[str, bytes]
@@ -90,6 +91,7 @@ class Store:
         self.problems: list[str] = []
         self._writer: Writer | None = None
         self._raws = RawCache()  # raw stream chunks of recent versions: the bases of the next one's deltas
+        self._pins: collections.Counter[bytes] = collections.Counter()  # chunks of versions being written
         if not readonly:
             self.unclean = self._marker.exists()
             self._writer = Writer(self._open_writer, f"checkpoint-store-writer {self.path.name}")
@@ -267,22 +269,51 @@ class Store:
 
     # Writes
 
-    def put_version(self, manifest: pb.CheckpointManifest, chunks: ChunkSource) -> VersionInfo:
+    @contextlib.contextmanager
+    def pending(self) -> Iterator[Pending]:
+        """Store a version's chunks ahead of it, a batch at a time, so a large version is never held whole in
+        memory: ``pending.put(manifest, chunks)``, then ``put_version(manifest, rest, pending)``. Until the block
+        ends the chunks put are kept from ``gc``, though no version uses them yet."""
+        pending = Pending(self)
+        try:
+            yield pending
+        finally:
+            with self._lock:
+                self._pins.subtract(pending.pinned)
+                self._pins += collections.Counter()  # drops the zeros
+
+    def _pinned(self) -> frozenset[bytes]:
+        with self._lock:
+            return frozenset(self._pins)
+
+    def put_version(
+        self, manifest: pb.CheckpointManifest, chunks: ChunkSource, pending: Pending | None = None
+    ) -> VersionInfo:
         """Store a new version of ``manifest.app`` from its manifest and its chunks; return what was stored.
 
         ``chunks`` must hold every chunk the store lacks (extra ones are ignored): raw ``Piece``s from
         ``make_draft``, or ``StoredChunk``s (from a peer or an export), which are checked against their hash.
         The store sets the version number, the parent (the latest version unless ``manifest.parent`` is set),
-        the time (unless set) and the bytes added. The version is visible only once all of it is stored.
+        the time (unless set) and the bytes added (with those ``pending`` stored ahead). The version is visible
+        only once all of it is stored.
         """
-        return self._put(manifest, chunks, new_app=False)
+        return self._put(manifest, chunks, new_app=False, ahead=pending.added if pending else 0)
 
-    def _put(self, manifest: pb.CheckpointManifest, chunks: ChunkSource, *, new_app: bool) -> VersionInfo:
-        check_manifest(manifest, f"the checkpoint of {manifest.app!r}")
-        missing = self.missing(chunk_hashes(manifest))
+    def _encode_new(
+        self, manifest: pb.CheckpointManifest, chunks: ChunkSource, wanted: Iterable[bytes], *, deltas: bool
+    ) -> dict[bytes, StoredChunk]:
+        """The stored form of the ``wanted`` chunks the store lacks: compressed, or deltas where they pay."""
+        missing = self.missing(wanted)
         ready = {digest: _encoded(digest, chunks) for digest in missing}
-        if not new_app:
+        if deltas:
             ready.update(self._deltas(manifest, ready, chunks))
+        return ready
+
+    def _put(
+        self, manifest: pb.CheckpointManifest, chunks: ChunkSource, *, new_app: bool, ahead: int = 0
+    ) -> VersionInfo:
+        check_manifest(manifest, f"the checkpoint of {manifest.app!r}")
+        ready = self._encode_new(manifest, chunks, chunk_hashes(manifest), deltas=not new_app)
 
         def source(digest: bytes) -> StoredChunk:  # a chunk another task removed since we looked
             return ready[digest] if digest in ready else _encoded(digest, chunks)
@@ -290,7 +321,10 @@ class Store:
         def whole(digest: bytes) -> StoredChunk:
             return _encoded(digest, chunks)
 
-        info = self._write(lambda conn: _writes.put_version(conn, manifest, source, new_app=new_app, whole=whole))
+        def task(conn: sqlite3.Connection) -> VersionInfo:
+            return _writes.put_version(conn, manifest, source, new_app=new_app, whole=whole, ahead=ahead)
+
+        info = self._write(task)
         self._remember(manifest, chunks)
         return info
 
@@ -386,7 +420,7 @@ class Store:
 
     def gc(self) -> _writes.GcReport:
         """Delete every chunk that no version references."""
-        return self._write(_writes.gc, "nothing collected")
+        return self._write(lambda conn: _writes.gc(conn, self._pinned()), "nothing collected")
 
     def write(self, task: Callable[[sqlite3.Connection], T], what: str = "not saved") -> T:
         """Run ``task`` on the writer thread, after the writes queued before it; ``task`` opens its own
@@ -430,6 +464,33 @@ def _encoded(digest: bytes, chunks: ChunkSource) -> StoredChunk:
     except Damage as damage:
         raise CheckpointError(f"refusing a chunk that fails its check: {damage}") from None
     return given
+
+
+class Pending:
+    """Chunks of one version stored ahead of it (``Store.pending``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.pinned: collections.Counter[bytes] = collections.Counter()
+        self.added = 0  # bytes stored
+        self.received = 0  # raw bytes given
+
+    def put(self, manifest: pb.CheckpointManifest, chunks: Mapping[bytes, Piece]) -> None:
+        """Store those of ``chunks`` (of the version ``manifest`` describes) that the store lacks, compressed
+        or as deltas where they pay, in one transaction."""
+        store = self._store
+        with store._lock:
+            store._pins.update(chunks.keys())
+        self.pinned.update(chunks.keys())
+        self.received += sum(memoryview(piece.data).nbytes for piece in chunks.values())
+        check_manifest(manifest, f"the checkpoint of {manifest.app!r}")
+        ready = store._encode_new(manifest, chunks, list(chunks), deltas=True)
+
+        def task(conn: sqlite3.Connection) -> int:
+            return _writes.put_chunks(conn, ready, lambda digest: _encoded(digest, chunks))
+
+        self.added += store._write(task)
+        store._remember(manifest, chunks)
 
 
 def _travelling(expander: Expander, chunks: Iterable[tuple[bytes, StoredChunk]]) -> Iterator[tuple[bytes, StoredChunk]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from migrated.checkpoint import _retention
@@ -17,7 +17,17 @@ from migrated.checkpoint._writer import immediate
 from migrated.errors import AppExistsError, CheckpointError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
-__all__ = ["GcReport", "adopt_version", "copy_version", "delete_versions", "gc", "put_version", "remove_app", "retain"]
+__all__ = [
+    "GcReport",
+    "adopt_version",
+    "copy_version",
+    "delete_versions",
+    "gc",
+    "put_chunks",
+    "put_version",
+    "remove_app",
+    "retain",
+]
 
 Encode = Callable[[bytes], StoredChunk]
 
@@ -37,16 +47,18 @@ def put_version(
     *,
     new_app: bool = False,
     whole: Encode | None = None,
+    ahead: int = 0,
 ) -> VersionInfo:
     """Store the chunks the store lacks (``encode(hash)`` gives them), then the version that uses them.
     With ``new_app``, refuse an app that has versions already. A delta whose bases are gone by now (a ``gc``
-    ran since it was made) is stored as ``whole(hash)`` gives it instead."""
+    ran since it was made) is stored as ``whole(hash)`` gives it instead. ``ahead``: bytes of this version's
+    chunks stored ahead of it (``put_chunks``), counted as added."""
     with immediate(conn):
         if new_app:
             _refuse_existing(conn, manifest.app)
         hashes = chunk_hashes(manifest)
         ids = chunk_ids(conn, hashes)
-        added = 0
+        added = ahead
         for digest in hashes:
             if digest not in ids:
                 ids[digest], size = _insert_chunk(conn, digest, encode(digest), whole)
@@ -57,6 +69,18 @@ def put_version(
     if added > WAL_LIMIT:
         trim_wal(conn)
     return info
+
+
+def put_chunks(conn: sqlite3.Connection, chunks: Mapping[bytes, StoredChunk], whole: Encode) -> int:
+    """Store those of ``chunks`` the store lacks, ahead of the version that will use them; the bytes added."""
+    with immediate(conn):
+        known = chunk_ids(conn, list(chunks))
+        added = sum(
+            _insert_chunk(conn, digest, stored, whole)[1] for digest, stored in chunks.items() if digest not in known
+        )
+    if added > WAL_LIMIT:
+        trim_wal(conn)
+    return added
 
 
 def copy_version(
@@ -122,14 +146,19 @@ def remove_app(conn: sqlite3.Connection, app: str) -> int:
         return int(count)
 
 
-def gc(conn: sqlite3.Connection) -> GcReport:
-    """Delete every chunk that no version references and no kept delta uses as a base, then give the freed pages
-    back to the file system. A chain is deleted from its top: each round frees the bases of the last."""
+def gc(conn: sqlite3.Connection, pinned: frozenset[bytes] = frozenset()) -> GcReport:
+    """Delete every chunk that no version references, no kept delta uses as a base and that is not ``pinned``
+    (stored ahead of a version being written), then give the freed pages back to the file system. A chain is
+    deleted from its top: each round frees the bases of the last."""
     unused = (
         "NOT EXISTS (SELECT 1 FROM version_chunks vc WHERE vc.chunk_id = chunks.id) "
-        "AND NOT EXISTS (SELECT 1 FROM chunk_bases cb WHERE cb.base_id = chunks.id)"
+        "AND NOT EXISTS (SELECT 1 FROM chunk_bases cb WHERE cb.base_id = chunks.id) "
+        "AND NOT EXISTS (SELECT 1 FROM temp.pinned p WHERE p.hash = chunks.hash)"
     )
     count = size = 0
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS pinned (hash BLOB PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("DELETE FROM temp.pinned")
+    conn.executemany("INSERT INTO temp.pinned (hash) VALUES (?)", ((digest,) for digest in pinned))
     with immediate(conn):
         while True:
             found, found_size = conn.execute(

@@ -275,3 +275,24 @@ def test_opening_a_migrated_store_loads_neither_sqlite_utils_nor_numpy(tmp_path:
         subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True) for _ in "ab"
     ]
     assert [run.stdout.split() for run in runs] == [["True", "False"], ["False", "False"]]
+
+
+def test_chunks_stored_ahead_of_their_version_survive_gc_and_count_as_added(store: Store) -> None:
+    array = random_array(4)
+    draft = make_draft("a", serialise({"array": array}), kind="manual")
+    ahead = dict(list(draft.pieces.items())[: len(draft.pieces) // 2])
+    with store.pending() as pending:
+        pending.put(draft.manifest, ahead)
+        assert store.gc().chunks == 0  # no version uses them yet, but one is being written
+        rest = {digest: piece for digest, piece in draft.pieces.items() if digest not in ahead}
+        info = store.put_version(draft.manifest, rest, pending)
+    assert info.bytes_added >= array.nbytes
+    assert np.array_equal(load(store, "a")["array"], array)
+    assert store.gc().chunks == 0
+
+
+def test_chunks_stored_ahead_of_a_version_never_written_are_collected(store: Store) -> None:
+    draft = make_draft("a", serialise({"array": random_array(2)}), kind="manual")
+    with store.pending() as pending:
+        pending.put(draft.manifest, draft.pieces)
+    assert store.gc().chunks == len(draft.pieces)
