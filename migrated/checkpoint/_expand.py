@@ -72,6 +72,19 @@ class Expander:
         self._conn = conn
         self._cache = cache if cache is not None else RawCache(LOAD_CACHE_BYTES)
         self._decompressors: OrderedDict[tuple[bytes, ...], ZstdDecompressor] = OrderedDict()
+        self._stored: dict[bytes, StoredChunk] = {}  # prefetched bases, as stored (deltas are small)
+
+    def prefetch(self, bases: Iterable[bytes]) -> None:
+        """Read ``bases`` and their own bases, down their chains, a generation per query: a restore of a
+        version 16 deltas deep made ~5,000 queries of one chunk each, half of its time."""
+        wanted = [digest for digest in dict.fromkeys(bases) if self._cache.get(digest) is None]
+        for _ in range(_delta.MAX_DEPTH + 1):
+            if not wanted:
+                return
+            found = _rows.chunk_map(self._conn, wanted)
+            self._stored.update(found)
+            below = (base for stored in found.values() for base in stored.bases)
+            wanted = [b for b in dict.fromkeys(below) if b not in self._stored and self._cache.get(b) is None]
 
     def raw(self, digest: bytes, stored: StoredChunk, depth: int = 0) -> memoryview:
         """The raw bytes of ``stored``, checked against ``digest``; ``Damage`` when they cannot be had (a base
@@ -101,10 +114,13 @@ class Expander:
         found = self._cache.get(digest)
         if found is not None:
             return found
-        rows = list(_rows.read_chunks(self._conn, [digest]))
-        if not rows:
-            raise Damage(digest, "is a delta's base that is missing from the store")
-        raw = bytes(self.raw(digest, rows[0][1], depth))
+        stored = self._stored.get(digest)
+        if stored is None:
+            rows = list(_rows.read_chunks(self._conn, [digest]))
+            if not rows:
+                raise Damage(digest, "is a delta's base that is missing from the store")
+            stored = rows[0][1]
+        raw = bytes(self.raw(digest, stored, depth))
         self._cache.put(digest, raw)
         return raw
 

@@ -22,11 +22,13 @@ __all__ = [
     "VersionRow",
     "all_chunks",
     "chunk_ids",
+    "chunk_map",
     "find_version",
     "manifest_hash",
     "parse_manifest",
     "read_chunks",
     "read_version_chunks",
+    "version_bases",
     "version_infos",
 ]
 
@@ -127,12 +129,51 @@ def chunk_ids(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, 
 
 def read_version_chunks(conn: sqlite3.Connection, version_id: int) -> Iterator[tuple[bytes, StoredChunk]]:
     """Every chunk a version references, as stored (a delta with its bases), in the order they were stored."""
+    bases: dict[int, list[bytes]] = {}
+    query = (
+        "SELECT cb.chunk_id, b.hash FROM version_chunks vc JOIN chunk_bases cb ON cb.chunk_id = vc.chunk_id "
+        "JOIN chunks b ON b.id = cb.base_id WHERE vc.version_id = ? ORDER BY cb.chunk_id, cb.position"
+    )
+    for chunk_id, base in conn.execute(query, (version_id,)):
+        bases.setdefault(chunk_id, []).append(base)
     query = (
         "SELECT c.id, c.hash, c.codec, c.raw_size, c.data, c.depth FROM version_chunks vc "
         "JOIN chunks c ON c.id = vc.chunk_id WHERE vc.version_id = ? ORDER BY c.id"
     )
     for row in conn.execute(query, (version_id,)):
-        yield row[1], _stored(conn, row)
+        yield row[1], _stored(conn, row, bases.get(row[0]))
+
+
+def version_bases(conn: sqlite3.Connection, version_id: int) -> list[bytes]:
+    """The bases of a version's delta chunks, each once."""
+    query = (
+        "SELECT DISTINCT b.hash FROM version_chunks vc JOIN chunk_bases cb ON cb.chunk_id = vc.chunk_id "
+        "JOIN chunks b ON b.id = cb.base_id WHERE vc.version_id = ?"
+    )
+    return [row[0] for row in conn.execute(query, (version_id,))]
+
+
+def chunk_map(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, StoredChunk]:
+    """Those of ``hashes`` that are stored, as stored (a delta with its bases), in a few queries."""
+    rows: list[Any] = []
+    for start in range(0, len(hashes), _BATCH):
+        batch = hashes[start : start + _BATCH]
+        marks = ",".join("?" * len(batch))
+        rows += conn.execute(
+            f"SELECT id, hash, codec, raw_size, data, depth FROM chunks WHERE hash IN ({marks})", batch
+        ).fetchall()
+    deltas = [row[0] for row in rows if row[2] == Codec.DELTA]
+    bases: dict[int, list[bytes]] = {}
+    for start in range(0, len(deltas), _BATCH):
+        batch = deltas[start : start + _BATCH]
+        marks = ",".join("?" * len(batch))
+        query = (
+            f"SELECT cb.chunk_id, b.hash FROM chunk_bases cb JOIN chunks b ON b.id = cb.base_id "
+            f"WHERE cb.chunk_id IN ({marks}) ORDER BY cb.chunk_id, cb.position"
+        )
+        for chunk_id, base in conn.execute(query, batch):
+            bases.setdefault(chunk_id, []).append(base)
+    return {row[1]: _stored(conn, row, bases.get(row[0])) for row in rows}
 
 
 def read_chunks(conn: sqlite3.Connection, hashes: Iterable[bytes]) -> Iterator[tuple[bytes, StoredChunk]]:
@@ -179,11 +220,12 @@ _MAX_DEPTH = 1 << 30
 _CODECS = frozenset(int(codec) for codec in Codec)
 
 
-def _stored(conn: sqlite3.Connection, row: Any) -> StoredChunk:
+def _stored(conn: sqlite3.Connection, row: Any, bases: list[bytes] | None = None) -> StoredChunk:
     chunk_id, _, codec, raw_size, data, depth = row
     if codec != Codec.DELTA:
         return StoredChunk(Codec(codec), raw_size, data)
-    return StoredChunk(Codec.DELTA, raw_size, data, _bases(conn, chunk_id), depth)
+    found = tuple(bases) if bases is not None else _bases(conn, chunk_id)
+    return StoredChunk(Codec.DELTA, raw_size, data, found, depth)
 
 
 def _bases(conn: sqlite3.Connection, chunk_id: int) -> tuple[bytes, ...]:

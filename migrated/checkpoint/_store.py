@@ -213,8 +213,10 @@ class Store:
             check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
             _check_fits(row.manifest, row.info)
             assembled = Assembled(row.manifest)
+            expander = Expander(conn)
+            expander.prefetch(_rows.version_bases(conn, row.id))
             try:
-                for digest, stored in Expander(conn).whole(_rows.read_version_chunks(conn, row.id)):
+                for digest, stored in expander.whole(_rows.read_version_chunks(conn, row.id)):
                     assembled.put(digest, stored)
                 snapshot = assembled.snapshot()
             except Damage as damage:
