@@ -13,8 +13,9 @@ All through the real daemon and ``mig``, each figure beside a baseline from the 
    full version stored (goal: at most 5 %), median, p90 and mean; and loading the newest version (the end of
    its delta chain) beside loading the first, whole one, from the store file in this process.
 3. Page size: 128 MiB of 64 KiB blobs (float64 noise, as array chunks are stored) inserted in one transaction
-   (WAL, synchronous=FULL) at 4, 16, 32 and 64 KiB pages: MB/s written (best of 3), read back, and the file's
-   size once the WAL is checkpointed, beside the bytes held.
+   (WAL, synchronous=FULL) at 4, 16, 32 and 64 KiB pages, and of 65,400-byte blobs (the store's buffer chunks)
+   at 64 KiB pages: MB/s written (best of 3), read back, and the file's size once the WAL is checkpointed,
+   beside the bytes held.
 4. Disk: 20 versions of a 64 MiB app (float64 array, 1 % rewritten in 64 scattered runs before each): the
    store file, its WAL and shared memory on disk beside the stored bytes the versions hold (chunks and
    manifests). Goal: at most 1.1x stored + 16 MiB.
@@ -160,27 +161,35 @@ def disk(bench: Bench, versions: int, scale: float) -> dict[str, Any]:
 
 
 def pages(runs: int) -> dict[str, Any]:
-    """Part 3: SQLite page sizes for the store's chunks."""
+    """Part 3: SQLite page sizes for the store's chunks: 64 KiB blobs, and blobs of the store's buffer chunk size
+    (65,400 bytes: one fits a 64 KiB page with its row)."""
     import shutil
     import tempfile
 
     import numpy as np
 
-    rng = np.random.default_rng(1)
-    blobs = [rng.standard_normal(8192).tobytes() for _ in range(2048)]
-    held = sum(map(len, blobs))
-    out: dict[str, Any] = {"held_bytes": held}
+    noise = np.random.default_rng(1).standard_normal(2048 * 8192).tobytes()
+    out: dict[str, Any] = {}
+    cases = [(4096, 65536), (16384, 65536), (32768, 65536), (65536, 65536), (65536, 65400)]
     for _ in range(runs):
-        for size in (4096, 16384, 32768, 65536):
+        for page, blob in cases:
+            blobs = [noise[i : i + blob] for i in range(0, 2048 * blob, blob)]
+            held = sum(map(len, blobs))
             where = tempfile.mkdtemp(prefix="migpages", dir="/tmp")
             try:
                 conn = sqlite3.connect(os.path.join(where, "t.db"), isolation_level=None)
-                for pragma in (f"page_size = {size}", "journal_mode = WAL", "synchronous = FULL"):
+                for pragma in (f"page_size = {page}", "journal_mode = WAL", "synchronous = FULL"):
                     conn.execute(f"PRAGMA {pragma}")
-                conn.execute("CREATE TABLE chunks (id INTEGER PRIMARY KEY, hash BLOB UNIQUE, data BLOB)")
+                conn.execute(
+                    "CREATE TABLE chunks (id INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, codec INTEGER NOT NULL, "
+                    "raw_size INTEGER NOT NULL, stored_size INTEGER NOT NULL, data BLOB NOT NULL, depth INTEGER)"
+                )
                 started = time.perf_counter()
                 conn.execute("BEGIN")
-                conn.executemany("INSERT INTO chunks (hash, data) VALUES (?, ?)", ((os.urandom(32), b) for b in blobs))
+                conn.executemany(
+                    "INSERT INTO chunks (hash, codec, raw_size, stored_size, data, depth) VALUES (?, 0, ?, ?, ?, 0)",
+                    ((os.urandom(32), len(b), len(b), b) for b in blobs),
+                )
                 conn.execute("COMMIT")
                 wrote = time.perf_counter() - started
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -192,7 +201,7 @@ def pages(runs: int) -> dict[str, Any]:
                 file = os.path.getsize(os.path.join(where, "t.db"))
             finally:
                 shutil.rmtree(where, ignore_errors=True)
-            row = out.setdefault(f"{size // 1024}KiB", {"write_MBps": 0.0, "read_MBps": 0.0})
+            row = out.setdefault(f"{page // 1024}KiB pages, {blob}-byte blobs", {"write_MBps": 0.0, "read_MBps": 0.0})
             row["write_MBps"] = max(row["write_MBps"], round(held / wrote / 1e6, 1))
             row["read_MBps"] = max(row["read_MBps"], round(held / read / 1e6, 1))
             row["file_x_held"] = round(file / held, 3)

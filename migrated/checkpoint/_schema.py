@@ -1,12 +1,11 @@
 """The checkpoint store's SQLite schema, as sqlite-utils migrations (each runs in one transaction), and the
 connection settings every connection to it uses.
 
-Page size 16 KiB for a new store, chosen by measurement on this machine (bench/lean.py ``pages``: 128 MiB of
-64 KiB blobs in one transaction, WAL, synchronous=FULL, best of 3 under load): 16 KiB pages wrote 209 MB/s and
-took 1.04x the bytes held on disk; 64 KiB pages 171 MB/s and 1.14x (a 64 KiB chunk does not fit one 64 KiB
-page, so each leaves most of an overflow page's 8 KiB tail empty); reads 2.6 against 3.0 GB/s. An earlier
-measurement on an idle machine had 64 KiB pages writing faster (263 against 216 MB/s), but the store must stay
-within 1.1x what its versions hold. A store created with 64 KiB pages keeps them.
+Page size 64 KiB, chosen by measurement on this machine (bench/lean.py ``pages``: 128 MiB of blobs in one
+transaction, WAL, synchronous=FULL, best of 3, under load): 64 KiB pages write 65,400-byte blobs at 287 MB/s and
+take 1.005x the bytes held on disk; 16 KiB pages 239 MB/s and 1.03x. A blob of exactly 64 KiB does not fit one
+64 KiB page (at most 65,501 bytes of a row do), so each left most of an overflow page empty: 1.146x on disk.
+That is why buffers are cut into chunks of ``_chunker.BUFFER_CHUNK`` = 65,400 bytes.
 
 The WAL: ``journal_size_limit`` truncates it to ``WAL_LIMIT`` whenever it starts over, and ``trim_wal`` (after a
 transaction that wrote more than that) checkpoints it and truncates it at once, unless a reader holds it:
@@ -40,7 +39,7 @@ __all__ = [
     "trim_wal",
 ]
 
-PAGE_SIZE = 16384
+PAGE_SIZE = 65536
 BUSY_TIMEOUT_MS = 10_000
 WAL_LIMIT = 16 * 1024 * 1024
 _TRIM_WAIT_MS = 200  # how long trim_wal waits for readers; it is tried again after the next large write
