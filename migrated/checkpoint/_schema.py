@@ -7,9 +7,10 @@ take 1.005x the bytes held on disk; 16 KiB pages 239 MB/s and 1.03x. A blob of e
 64 KiB page (at most 65,501 bytes of a row do), so each left most of an overflow page empty: 1.146x on disk.
 That is why buffers are cut into chunks of ``_chunker.BUFFER_CHUNK`` = 65,400 bytes.
 
-The WAL: ``journal_size_limit`` truncates it to ``WAL_LIMIT`` whenever it starts over, and ``trim_wal`` (after a
-transaction that wrote more than that) checkpoints it and truncates it at once, unless a reader holds it:
-without them it kept the size of the largest transaction ever written (77 MB beside a 132 MB store).
+The WAL: the writer checkpoints it once it holds ``WAL_LIMIT`` (SQLite's default, 1000 pages, is 62.5 MiB at
+64 KiB pages), ``journal_size_limit`` truncates it to ``WAL_LIMIT`` whenever it starts over, and ``trim_wal``
+(after a transaction that wrote more than that) checkpoints it and truncates it at once, unless a reader holds
+it: without them it kept the size of the largest transaction ever written (77 MB beside a 132 MB store).
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, WAL_LIMIT // page_size)}")  # pages: 1000 was 62.5 MiB
     apply_migrations(conn, path, MIGRATION_SET, MIGRATIONS)
 
 
