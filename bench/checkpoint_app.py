@@ -82,6 +82,14 @@ def build(kind, scale, seed):
     if kind == "dict100k":
         n = int(100_000 * scale)
         return {i: (i, f"entry {i + (seed - 1) * n}") for i in range(n)}
+    if kind == "modular":
+        n = int(50_000 * scale)
+        return {
+            "np": np,
+            "table": {i: (i, f"row {i + seed * n}") for i in range(n)},
+            "records": [Point(i * 0.5, seed * 1.0, f"r{i} {seed}") for i in range(int(10_000 * scale))],
+            "array": np.random.default_rng(2000 + seed).standard_normal(int(16 * MIB * scale) // 8),
+        }
     if kind == "mixed":
         n = int(200_000 * scale)
         return {
@@ -127,9 +135,29 @@ def mark(path, text):
 APP = (
     STATE_CODE
     + """
+import json
+import pickle
+import statistics
 import time
+import types
 
 import migrated
+
+
+def dumps_baseline(state):
+    # pickle.dumps (protocol 5) of the state in this process, modules left out (plain pickle refuses them),
+    # median of 5; and dill.dumps of all of it once (the path a module used to force).
+    plain = {k: v for k, v in state.items() if not isinstance(v, types.ModuleType)}
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        pickle.dumps(plain, protocol=5)
+        samples.append(time.perf_counter() - started)
+    import dill
+
+    started = time.perf_counter()
+    dill.dumps(state, protocol=5)
+    return {"pickle_dumps_s": statistics.median(samples), "dill_dumps_s": time.perf_counter() - started}
 
 
 class Bench(migrated.App):
@@ -157,6 +185,8 @@ class Bench(migrated.App):
         if verb == "refresh":
             self.state = None  # free the old state first
             self.state = build(self.kind, self.scale, int(arg))
+        elif verb == "baseline":
+            mark(self.tag + ".baseline", json.dumps(dumps_baseline(self.state)))
         else:
             mutate(self.state, verb, self.rng, self.changes)
         self.changes += 1

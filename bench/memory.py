@@ -1,11 +1,17 @@
-"""Memory: the daemon's RSS idle and with 20 apps running; each runner's RSS beside a bare sleeping interpreter.
+"""Memory: the daemon's RSS idle and with 20 apps running; each runner's RSS beside a bare sleeping interpreter;
+the daemon after large checkpoints, and a runner's peak while it checkpoints a large app.
 
 Baselines from the same run: ``python -c "import time; time.sleep(60)"`` (what any Python process costs),
 ``python -c "import migrated.runtime._runner; ..."`` (the runner's imports, without an app) and ``python -c
 "import grpc.aio; ..."`` (the daemon's heaviest import). RSS and USS (memory only that process holds) come from
 psutil on each pid; PSS is recorded too.
 
-Run: ``python -m bench.memory [--apps N]``.
+Large work (issue 14): an app holding 256 MiB (``--big-mib``) of float64 is checkpointed three times, each with
+new content, and closed; the daemon's RSS then (goal: at most 100 MiB) and idle before (goal: at most 60 MiB),
+and the runner's peak RSS (VmHWM) over those checkpoints beside its RSS before the first one, the app's own
+(goal: at most 1.1x).
+
+Run: ``python -m bench.memory [--apps N] [--big-mib 256]``.
 """
 
 from __future__ import annotations
@@ -75,9 +81,61 @@ def _mib(mem: dict[str, float] | dict[str, int], unit: int = MiB) -> str:
     return "  ".join(f"{key} {value / unit:6.1f}" for key, value in mem.items())
 
 
+def _vm_hwm(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _restarted_idle(daemon: Daemon) -> dict[str, int]:
+    """The daemon's memory idle once started again on its state directory (no migration left to run)."""
+    daemon.mig("shutdown", check=False, timeout=30)
+    assert daemon.proc is not None
+    daemon.proc.wait(timeout=30)
+    daemon._log.close()
+    daemon.start()
+    time.sleep(SETTLE)
+    return _mem(daemon.pid)
+
+
+def large_work(daemon: Daemon, mib: int) -> dict[str, Any]:
+    """Checkpoint an app of ``mib`` MiB three times with new content, close it; the daemon's and runner's memory."""
+    from bench.checkpoint_app import Bench
+
+    bench = Bench(daemon, mib / 256)
+    before = _mem(daemon.pid)
+    run = bench.run_app("big", "numpy")
+    pid = run["runner_pid"]
+    time.sleep(SETTLE / 4)
+    app_own = _mem(pid)["rss"]
+    pauses = [bench.checkpoint("big", "first")["pause_s"]]
+    for seed in (2, 3):
+        bench.change("big", f"refresh {seed}")
+        pauses.append(bench.checkpoint("big", f"new content {seed}")["pause_s"])
+    runner_peak = _vm_hwm(pid)
+    after_checkpoints = _mem(daemon.pid)
+    daemon.mig("close", "big", timeout=300)
+    time.sleep(SETTLE)
+    after_close = _mem(daemon.pid)
+    return {
+        "state_mib": mib,
+        "daemon_before": before,
+        "daemon_after_three_checkpoints": after_checkpoints,
+        "daemon_after_close": after_close,
+        "daemon_peak_rss": _vm_hwm(daemon.pid),
+        "runner_rss_before_first_checkpoint": app_own,
+        "runner_peak_rss": runner_peak,
+        "runner_peak_x_own": round(runner_peak / app_own, 3),
+        "pauses_s": pauses,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--apps", type=int, default=20)
+    parser.add_argument("--big-mib", type=int, default=256, help="the state of the large app (0: skip that part)")
     opts = parser.parse_args()
 
     baselines = _baselines()
@@ -106,6 +164,8 @@ def main() -> None:
                 daemon.mig("rm", name)
         time.sleep(SETTLE / 2)
         after = _mem(daemon.pid)
+        large = large_work(daemon, opts.big_mib) if opts.big_mib else {}
+        restarted = _restarted_idle(daemon)
 
     per_app_daemon = {key: (loaded[key] - idle[key]) / opts.apps for key in idle}
     results: dict[str, Any] = {
@@ -117,8 +177,10 @@ def main() -> None:
             f"with_{opts.apps}_apps": loaded,
             "per_app_growth": per_app_daemon,
             "after_apps_removed": after,
+            "idle_after_a_restart": restarted,
         },
         "runner": {"median": runner_median, "samples": runners},
+        "large_work": large,
         "baselines": baselines,
     }
     path = write_results("memory", results)
@@ -128,9 +190,20 @@ def main() -> None:
         (f"daemon with {opts.apps} apps", _mib(loaded)),
         ("daemon growth per app (KiB)", _mib(per_app_daemon, 1024)),
         ("daemon after the apps are removed", _mib(after)),
+        ("daemon idle after a restart (store exists)", _mib(restarted)),
         (f"runner (median of {opts.apps})", _mib(runner_median)),
         *((f"baseline: {name}", _mib(mem)) for name, mem in baselines.items()),
     ]
+    if large:
+        rows += [
+            (f"daemon before the {opts.big_mib} MiB app", _mib(large["daemon_before"])),
+            ("daemon after 3 new-content checkpoints", _mib(large["daemon_after_three_checkpoints"])),
+            ("daemon after closing it", _mib(large["daemon_after_close"])),
+            ("daemon peak RSS", f"{large['daemon_peak_rss'] / MiB:6.1f}"),
+            ("runner RSS before its first checkpoint", f"{large['runner_rss_before_first_checkpoint'] / MiB:6.1f}"),
+            ("runner peak RSS over the checkpoints", f"{large['runner_peak_rss'] / MiB:6.1f}"),
+            ("runner peak / its own RSS", f"{large['runner_peak_x_own']:6.3f}x"),
+        ]
     print("memory (MiB unless said)")
     for label, text in rows:
         print(f"  {label:<42} {text}")

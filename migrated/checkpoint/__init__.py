@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from migrated.checkpoint._archive import Export, Signature, read_export
     from migrated.checkpoint._assemble import Assembled, code_bundle
     from migrated.checkpoint._chunks import BufferLayout, Chunked, HashMemo, Piece, chunk_hash, chunk_snapshot
-    from migrated.checkpoint._codec import Codec, StoredChunk
+    from migrated.checkpoint._codec import WIRE_CODECS, Codec, StoredChunk
     from migrated.checkpoint._fingerprint import code_files, imported_modules, package_versions, runtime_fingerprint
     from migrated.checkpoint._manifest import (
         Draft,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from migrated.checkpoint._writes import GcReport
 
 __all__ = [
+    "WIRE_CODECS",
     "Assembled",
     "BufferLayout",
     "Chunked",
@@ -101,6 +102,7 @@ _HOME = {
     "chunk_hash": "_chunks",
     "chunk_snapshot": "_chunks",
     "Codec": "_codec",
+    "WIRE_CODECS": "_codec",
     "StoredChunk": "_codec",
     "code_files": "_fingerprint",
     "imported_modules": "_fingerprint",

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from migrated.checkpoint._assemble import Damage, check_chunk
 from migrated.checkpoint._chunks import HASH_SIZE
-from migrated.checkpoint._codec import MAX_CHUNK, Codec, StoredChunk
+from migrated.checkpoint._codec import MAX_CHUNK, WIRE_CODECS, Codec, StoredChunk
 from migrated.checkpoint._manifest import check_manifest, chunk_hashes
 from migrated.errors import CheckpointError, ExportFileError
 from migrated.transport.v1 import checkpoint_pb2 as pb
@@ -189,6 +189,8 @@ def _chunk(name: str, body: bytes) -> tuple[bytes, StoredChunk]:
     if len(body) < _CHUNK.size:
         raise ExportFileError(f"{name} is damaged (a chunk record is too short); export the version again")
     digest, codec, raw_size = _CHUNK.unpack_from(body)
+    if codec not in WIRE_CODECS:
+        raise ExportFileError(f"{name} is damaged (a chunk has codec {codec}); export the version again")
     try:
         stored = StoredChunk(Codec(codec), raw_size, body[_CHUNK.size :])
         check_chunk(digest, stored)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
+from zstandard import ZstdDecompressor
+
 from migrated.checkpoint._chunks import chunk_hash
 from migrated.checkpoint._codec import StoredChunk, decode
 from migrated.checkpoint._snapshot import OutOfBand, Segment, Snapshot
@@ -24,10 +26,11 @@ class Damage(Exception):
         self.reason = reason
 
 
-def check_chunk(digest: bytes, stored: StoredChunk) -> memoryview:
-    """The raw bytes of ``stored``, once they match ``digest``; ``Damage`` otherwise."""
+def check_chunk(digest: bytes, stored: StoredChunk, bases: ZstdDecompressor | None = None) -> memoryview:
+    """The raw bytes of ``stored``, once they match ``digest``; ``Damage`` otherwise. A delta needs ``bases``, a
+    ``delta_decompressor`` of its bases."""
     try:
-        raw = memoryview(decode(stored))
+        raw = memoryview(decode(stored, bases))
     except ValueError as exc:
         raise Damage(digest, f"cannot be read back: {exc}") from None
     if chunk_hash(raw) != digest:

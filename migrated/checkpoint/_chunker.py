@@ -19,8 +19,8 @@ later chunk shifts); against 8 KiB and 16 KiB averages, 1.3 % and 1.7 %, for 40 
 Changes scattered over the whole stream touch every chunk at any practical size: 1 % of the entries at random
 costs ~100 % of the stream at 4, 8 and 16 KiB alike.
 
-Buffers (array memory, big bytes) are cut at fixed offsets from their start: an array keeps its layout, so
-fixed chunks of its memory dedup perfectly and cost nothing to find.
+Buffers (array memory, big bytes) are cut at fixed offsets (``BUFFER_CHUNK``) from their start: an array keeps
+its layout, so fixed chunks of its memory dedup perfectly and cost nothing to find.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ __all__ = ["AVG", "BUFFER_CHUNK", "MAX", "MIN", "content_cuts", "fixed_cuts"]
 MIN = 1024
 AVG = 4 * 1024
 MAX = 64 * 1024
-BUFFER_CHUNK = 64 * 1024
+BUFFER_CHUNK = 65_400
+"""Not 64 KiB: a chunk stored raw must fit one 64 KiB page of the store with its row (``_schema``)."""
 
 _STRICT = b"\x00" * 5  # 2^-15: the pattern that may cut between MIN and AVG
 _LOOSE = b"\x00" * 4  # 2^-12: the pattern that may cut between AVG and MAX

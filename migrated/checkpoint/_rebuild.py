@@ -18,6 +18,7 @@ __all__ = [
     "make_app",
     "make_cell",
     "make_function",
+    "make_mappingproxy",
     "make_memoryview",
     "make_view",
     "memory",
@@ -51,6 +52,11 @@ def make_view(
     if not writeable and array.flags.writeable:
         array.flags.writeable = False
     return array
+
+
+def make_mappingproxy(mapping: dict[Any, Any]) -> types.MappingProxyType[Any, Any]:
+    """A read-only view of ``mapping`` (a copy of the one saved, as dill brings one back)."""
+    return types.MappingProxyType(mapping)
 
 
 def make_memoryview(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:

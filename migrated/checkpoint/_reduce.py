@@ -2,6 +2,10 @@
 functions that cannot be pickled by name (lambdas, closures, nested functions), locks (recreated free, so a
 ``queue.Queue`` or a ``threading.Event`` saves too), and the types we refuse.
 
+Some kinds the C pickler refuses only for want of a reducer get one here, so that one of them does not send
+the whole state through dill's pure-Python pickler: modules (by name, as dill saves an importable module),
+code objects (marshal) and mapping proxies (a copy of the mapping, as dill saves them).
+
 ``Reductions.reduce`` is the pickler's ``reducer_override``. It is called for every object that is not a
 builtin container or scalar, so the per-type decision is cached.
 """
@@ -9,6 +13,7 @@ builtin container or scalar, so the per-type decision is cached.
 from __future__ import annotations
 
 import _thread
+import importlib
 import io
 import marshal
 import os
@@ -243,6 +248,22 @@ def _reduce_rlock(reductions: Reductions, lock: Any) -> Any:
     return (threading.RLock, ())
 
 
+def _reduce_module(reductions: Reductions, module: types.ModuleType) -> Any:
+    """An importable module by its name; ``__main__`` and modules not in ``sys.modules`` are left to dill."""
+    name = module.__name__
+    if name == "__main__" or sys.modules.get(name) is not module:
+        return NotImplemented
+    return (importlib.import_module, (name,))
+
+
+def _reduce_code(reductions: Reductions, code: types.CodeType) -> Any:
+    return (marshal.loads, (marshal.dumps(code),))
+
+
+def _reduce_mappingproxy(reductions: Reductions, proxy: types.MappingProxyType[Any, Any]) -> Any:
+    return (_rebuild.make_mappingproxy, (dict(proxy),))
+
+
 _STD_NAMES = frozenset({"<stdin>", "<stdout>", "<stderr>"})
 
 
@@ -304,6 +325,9 @@ _SPECIAL: dict[type, _Reducer] = {
     memoryview: _reduce_memoryview,
     types.CellType: _reduce_cell,
     types.FunctionType: _reduce_function,
+    types.ModuleType: _reduce_module,
+    types.CodeType: _reduce_code,
+    types.MappingProxyType: _reduce_mappingproxy,
     _thread.LockType: _reduce_lock,
     type(threading.RLock()): _reduce_rlock,
     io.TextIOWrapper: _reduce_file,

@@ -1,18 +1,26 @@
 """The checkpoint store's SQLite schema, as sqlite-utils migrations (each runs in one transaction), and the
 connection settings every connection to it uses.
 
-Page size 64 KiB, chosen by measurement on this machine (128 MiB of blobs in one transaction, WAL,
-synchronous=FULL, best of 3): 64 KiB blobs insert at 263 MB/s against 216 MB/s with 4 KiB pages, 1 MiB blobs
-at 358 against 200; large pages keep a chunk in one or two pages instead of a chain of 16 overflow pages.
+Page size 64 KiB, chosen by measurement on this machine (bench/lean.py ``pages``: 128 MiB of blobs in one
+transaction, WAL, synchronous=FULL, best of 3, under load): 64 KiB pages write 65,400-byte blobs at 287 MB/s and
+take 1.005x the bytes held on disk; 16 KiB pages 239 MB/s and 1.03x. A blob of exactly 64 KiB does not fit one
+64 KiB page (at most 65,501 bytes of a row do), so each left most of an overflow page empty: 1.146x on disk.
+That is why buffers are cut into chunks of ``_chunker.BUFFER_CHUNK`` = 65,400 bytes.
+
+The WAL: the writer checkpoints it once it holds ``WAL_LIMIT`` (SQLite's default, 1000 pages, is 62.5 MiB at
+64 KiB pages), ``journal_size_limit`` truncates it to ``WAL_LIMIT`` whenever it starts over, and ``trim_wal``
+(after a transaction that wrote more than that) checkpoints it and truncates it at once, unless a reader holds
+it: without them it kept the size of the largest transaction ever written (77 MB beside a 132 MB store).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import sys
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from migrated._storage import disk_problem
 from migrated._storage import fix as _fix
@@ -21,10 +29,21 @@ from migrated.errors import StateDirError
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-__all__ = ["BUSY_TIMEOUT_MS", "PAGE_SIZE", "apply_migrations", "connect", "migrate", "migration"]
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "PAGE_SIZE",
+    "WAL_LIMIT",
+    "apply_migrations",
+    "connect",
+    "migrate",
+    "migration",
+    "trim_wal",
+]
 
 PAGE_SIZE = 65536
 BUSY_TIMEOUT_MS = 10_000
+WAL_LIMIT = 16 * 1024 * 1024
+_TRIM_WAIT_MS = 200  # how long trim_wal waits for readers; it is tried again after the next large write
 MIGRATION_SET = "migrated.checkpoint"
 MIGRATIONS: list[Callable[[Database], None]] = []
 """In order of registration; append new ones, never edit, rename or reorder applied ones."""
@@ -99,6 +118,22 @@ def m002_manifest_hash(db: Database) -> None:
     )
 
 
+@migration
+def m003_delta_chunks(db: Database) -> None:
+    """A chunk may be a delta against base chunks (codec 2): its depth, and its bases in order. A base is kept
+    while any chunk uses it (the foreign key refuses to delete it; ``gc`` deletes from the top of a chain)."""
+    db.execute("ALTER TABLE chunks ADD COLUMN depth INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """CREATE TABLE chunk_bases (
+        chunk_id INTEGER NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        base_id INTEGER NOT NULL REFERENCES chunks (id),
+        PRIMARY KEY (chunk_id, position)
+    ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX chunk_bases_by_base ON chunk_bases (base_id)")
+
+
 def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with the store's settings."""
     target = str(path) if create else f"file:{urllib.parse.quote(str(path))}?mode=rw"
@@ -107,6 +142,7 @@ def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
     except sqlite3.DatabaseError as exc:
         problem = disk_problem(exc, path.parent)
         if problem:
@@ -118,6 +154,28 @@ def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _applied(conn: sqlite3.Connection, name: str) -> list[str] | None:
+    """The migrations of set ``name`` recorded as applied (sqlite-utils' table), in order; None before any."""
+    query = "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid"
+    try:
+        rows = conn.execute(query, (name,)).fetchall()
+    except sqlite3.OperationalError:  # no such table yet
+        return None
+    return [row[0] for row in rows]
+
+
+def trim_wal(conn: sqlite3.Connection) -> None:
+    """Checkpoint the WAL into the database and truncate it, waiting briefly for readers (outside a
+    transaction; the writer calls it after a large one)."""
+    conn.execute(f"PRAGMA busy_timeout = {_TRIM_WAIT_MS}")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.OperationalError:  # busy: journal_size_limit trims it when it next starts over
+        pass
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Set up a new store (page size, incremental vacuum, WAL) and apply pending migrations, each in one
     transaction (sqlite-utils ``Migrations``, imported here only: it costs ~0.2 s, and readers never need it)."""
@@ -125,21 +183,44 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, WAL_LIMIT // page_size)}")  # pages: 1000 was 62.5 MiB
     apply_migrations(conn, path, MIGRATION_SET, MIGRATIONS)
 
 
 def apply_migrations(conn: sqlite3.Connection, path: Path, name: str, steps: list[Callable[[Database], None]]) -> None:
     """Apply the pending ``steps`` of the migration set ``name`` to the database, each in one transaction; refuse
     a database that a newer migrated has migrated further."""
-    from sqlite_utils import Database
-    from sqlite_utils.migrations import Migrations
-
+    known = {step.__name__ for step in steps}
+    done = _applied(conn, name)
+    if done is not None and known <= set(done):  # nothing to do: sqlite-utils stays unloaded
+        _refuse_newer(path, [applied for applied in done if applied not in known])
+        return
+    Database, Migrations = _sqlite_utils()
     db = Database(conn, execute_plugins=False, recursive_triggers=False)
     migrations = Migrations(name)
     for step in steps:
         migrations()(step)
-    known = {step.__name__ for step in steps}
-    newer = [applied.name for applied in migrations.applied(db) if applied.name not in known]
+    _refuse_newer(path, [applied.name for applied in migrations.applied(db) if applied.name not in known])
+    migrations.apply(db)
+
+
+def _refuse_newer(path: Path, newer: list[str]) -> None:
     if newer:
         raise StateDirError(f"the store {path} was written by a newer migrated (schema {newer[-1]}); upgrade migrated")
-    migrations.apply(db)
+
+
+def _sqlite_utils() -> tuple[Any, Any]:
+    """sqlite-utils' ``Database`` and ``Migrations``, imported without NumPy and pandas, which it imports only
+    to map their types to columns when they are installed: NumPy alone took 16 MiB of the daemon's RSS."""
+    hidden = [name for name in ("numpy", "pandas") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        from sqlite_utils import Database
+        from sqlite_utils.migrations import Migrations
+    finally:
+        for name in hidden:
+            if sys.modules.get(name) is None:
+                del sys.modules[name]
+    return Database, Migrations

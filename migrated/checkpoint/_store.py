@@ -12,6 +12,7 @@ A store opened with ``readonly=True`` (a runner that restores an app) has no wri
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import sqlite3
@@ -23,10 +24,11 @@ from types import TracebackType
 from typing import BinaryIO, TypeVar
 
 from migrated._storage import disk_problem, fix, storage_error
-from migrated.checkpoint import _archive, _retention, _rows, _schema, _writes
+from migrated.checkpoint import _archive, _delta, _retention, _rows, _schema, _writes
 from migrated.checkpoint._assemble import Assembled, Damage, assemble, check_chunk, code_bundle
 from migrated.checkpoint._chunks import Piece
-from migrated.checkpoint._codec import Codec, StoredChunk, encode
+from migrated.checkpoint._codec import STREAM_LEVEL, Codec, StoredChunk, encode
+from migrated.checkpoint._expand import Expander, RawCache
 from migrated.checkpoint._manifest import Draft, Kind, check_manifest, chunk_hashes, proto_kind
 from migrated.checkpoint._rows import VersionInfo
 from migrated.checkpoint._snapshot import Snapshot
@@ -34,7 +36,7 @@ from migrated.checkpoint._writer import Writer
 from migrated.errors import CheckpointDamagedError, CheckpointError, MigError, StateDirError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
-__all__ = ["Damaged", "Loaded", "Store", "VerifyReport"]
+__all__ = ["Damaged", "Loaded", "Pending", "Store", "VerifyReport"]
 
 ChunkSource = Mapping[bytes, Piece | StoredChunk]
 Code = dict[str, bytes]
@@ -88,6 +90,8 @@ class Store:
         self.unclean = False
         self.problems: list[str] = []
         self._writer: Writer | None = None
+        self._raws = RawCache()  # raw stream chunks of recent versions: the bases of the next one's deltas
+        self._pins: collections.Counter[bytes] = collections.Counter()  # chunks of versions being written
         if not readonly:
             self.unclean = self._marker.exists()
             self._writer = Writer(self._open_writer, f"checkpoint-store-writer {self.path.name}")
@@ -197,9 +201,10 @@ class Store:
             return _rows.stored_sizes(conn, list(hashes))
 
     def read_chunks(self, hashes: Iterable[bytes]) -> Iterator[tuple[bytes, StoredChunk]]:
-        """Stored chunks as they are kept (compressed or raw): what a transfer or an export sends."""
+        """Stored chunks as they travel (compressed or raw, never a delta: the peer may lack its base, so a delta
+        is expanded and compressed whole): what a transfer sends."""
         with self._read() as conn:
-            yield from _rows.read_chunks(conn, hashes)
+            yield from _travelling(Expander(conn), _rows.read_chunks(conn, hashes))
 
     def load(self, app: str, version: int | None = None, ahead: Assembled | None = None) -> Loaded:
         """Bring a version back (the latest when ``version`` is None), checking every chunk against its hash.
@@ -214,11 +219,13 @@ class Store:
             check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
             _check_fits(row.manifest, row.info)
             assembled = Assembled(row.manifest, ahead)
+            expander = Expander(conn)
+            expander.prefetch(_rows.version_bases(conn, row.id))
             chunks = (
                 _rows.read_version_chunks(conn, row.id) if ahead is None else _rows.read_chunks(conn, assembled.needed)
             )
             try:
-                for digest, stored in chunks:
+                for digest, stored in expander.whole(chunks):
                     assembled.put(digest, stored)
                 snapshot = assembled.snapshot()
             except Damage as damage:
@@ -231,8 +238,10 @@ class Store:
             row = _rows.find_version(conn, app, version)
             check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
             _check_fits(row.manifest, row.info)
+            expander = Expander(conn)
+            expander.prefetch(_rows.version_bases(conn, row.id))
             try:
-                return assemble(row.manifest, _rows.read_version_chunks(conn, row.id))
+                return assemble(row.manifest, expander.whole(_rows.read_version_chunks(conn, row.id)))
             except Damage as damage:
                 raise _damaged(app, row.info.version, damage) from None
 
@@ -241,11 +250,11 @@ class Store:
         with self._read() as conn:
             row = _rows.find_version(conn, app, version)
             check_manifest(row.manifest, f"version {row.info.version} of {app!r}")
-            stored = dict(_rows.read_chunks(conn, list({file.hash for file in row.manifest.code})))
-        try:
-            code = code_bundle(row.manifest, stored)
-        except Damage as damage:
-            raise _damaged(app, row.info.version, damage) from None
+            try:
+                hashes = list({file.hash for file in row.manifest.code})
+                code = code_bundle(row.manifest, dict(Expander(conn).whole(_rows.read_chunks(conn, hashes))))
+            except Damage as damage:
+                raise _damaged(app, row.info.version, damage) from None
         return row.info, row.manifest, code
 
     def load_last_good(self, app: str) -> tuple[Loaded, list[CheckpointDamagedError]]:
@@ -268,47 +277,120 @@ class Store:
         bad: dict[int, tuple[bytes, str]] = {}
         count = size = 0
         with self._read() as conn:
-            for chunk_id, digest, codec, raw_size, data in conn.execute(
-                "SELECT id, hash, codec, raw_size, data FROM chunks"
-            ):
-                count, size = count + 1, size + raw_size
+            expander = Expander(conn)  # its own cache: every base is read and checked again
+            for chunk_id, digest, stored in _rows.all_chunks(conn):
+                count += 1
+                if stored is None:
+                    bad[chunk_id] = (digest, "is stored with an unknown codec")
+                    continue
+                size += stored.raw_size
                 try:
-                    check_chunk(digest, StoredChunk(Codec(codec), raw_size, data))
+                    expander.raw(digest, stored)
                 except Damage as damage:
                     bad[chunk_id] = (digest, damage.reason)
-                except ValueError:
-                    bad[chunk_id] = (digest, f"is stored with an unknown codec ({codec})")
             damaged = _damaged_manifests(conn) + _damaged_versions(conn, bad)
         return VerifyReport(count, size, damaged)
 
     # Writes
 
-    def put_version(self, manifest: pb.CheckpointManifest, chunks: ChunkSource) -> VersionInfo:
+    @contextlib.contextmanager
+    def pending(self) -> Iterator[Pending]:
+        """Store a version's chunks ahead of it, a batch at a time, so a large version is never held whole in
+        memory: ``pending.put(manifest, chunks)``, then ``put_version(manifest, rest, pending)``. Until the block
+        ends the chunks put are kept from ``gc``, though no version uses them yet."""
+        pending = Pending(self)
+        try:
+            yield pending
+        finally:
+            with self._lock:
+                self._pins.subtract(pending.pinned)
+                self._pins += collections.Counter()  # drops the zeros
+
+    def _pinned(self) -> frozenset[bytes]:
+        with self._lock:
+            return frozenset(self._pins)
+
+    def put_version(
+        self, manifest: pb.CheckpointManifest, chunks: ChunkSource, pending: Pending | None = None
+    ) -> VersionInfo:
         """Store a new version of ``manifest.app`` from its manifest and its chunks; return what was stored.
 
         ``chunks`` must hold every chunk the store lacks (extra ones are ignored): raw ``Piece``s from
         ``make_draft``, or ``StoredChunk``s (from a peer or an export), which are checked against their hash.
         The store sets the version number, the parent (the latest version unless ``manifest.parent`` is set),
-        the time (unless set) and the bytes added. The version is visible only once all of it is stored.
+        the time (unless set) and the bytes added (with those ``pending`` stored ahead). The version is visible
+        only once all of it is stored.
         """
-        return self._put(manifest, chunks, new_app=False)
+        return self._put(manifest, chunks, new_app=False, ahead=pending.added if pending else 0)
 
-    def _put(self, manifest: pb.CheckpointManifest, chunks: ChunkSource, *, new_app: bool) -> VersionInfo:
-        check_manifest(manifest, f"the checkpoint of {manifest.app!r}")
-        missing = self.missing(chunk_hashes(manifest))
+    def _encode_new(
+        self, manifest: pb.CheckpointManifest, chunks: ChunkSource, wanted: Iterable[bytes], *, deltas: bool
+    ) -> dict[bytes, StoredChunk]:
+        """The stored form of the ``wanted`` chunks the store lacks: compressed, or deltas where they pay."""
+        missing = self.missing(wanted)
         ready = {digest: _encoded(digest, chunks) for digest in missing}
+        if deltas:
+            ready.update(self._deltas(manifest, ready, chunks))
+        return ready
+
+    def _put(
+        self, manifest: pb.CheckpointManifest, chunks: ChunkSource, *, new_app: bool, ahead: int = 0
+    ) -> VersionInfo:
+        check_manifest(manifest, f"the checkpoint of {manifest.app!r}")
+        ready = self._encode_new(manifest, chunks, chunk_hashes(manifest), deltas=not new_app)
 
         def source(digest: bytes) -> StoredChunk:  # a chunk another task removed since we looked
             return ready[digest] if digest in ready else _encoded(digest, chunks)
 
-        return self._write(lambda conn: _writes.put_version(conn, manifest, source, new_app=new_app))
+        def whole(digest: bytes) -> StoredChunk:
+            return _encoded(digest, chunks)
+
+        def task(conn: sqlite3.Connection) -> VersionInfo:
+            return _writes.put_version(conn, manifest, source, new_app=new_app, whole=whole, ahead=ahead)
+
+        info = self._write(task)
+        self._remember(manifest, chunks)
+        return info
+
+    def _deltas(
+        self, manifest: pb.CheckpointManifest, whole: Mapping[bytes, StoredChunk], chunks: ChunkSource
+    ) -> dict[bytes, StoredChunk]:
+        """The new stream chunks worth storing as deltas against the parent version (``_delta``)."""
+        new = {ref.hash: piece.data for ref in manifest.stream if isinstance(piece := chunks.get(ref.hash), Piece)}
+        new = {digest: data for digest, data in new.items() if digest in whole}
+        if not new:
+            return {}
+        with self._read() as conn:
+            try:
+                parent = _rows.find_version(conn, manifest.app, manifest.parent or None).manifest
+            except MigError:  # no parent (a first version), or a damaged one: no deltas
+                return {}
+            refs = [(ref.hash, ref.size) for ref in parent.stream]
+            work = _delta.jobs([(ref.hash, ref.size) for ref in manifest.stream], new, refs)
+            info = _rows.ChunkInfo(conn)
+            expander = Expander(conn, self._raws)
+
+            def raw(digest: bytes) -> bytes | None:
+                try:
+                    return expander.base(digest)
+                except Damage:
+                    return None
+
+            return _delta.encode_deltas(work, whole, info, raw)
+
+    def _remember(self, manifest: pb.CheckpointManifest, chunks: ChunkSource) -> None:
+        """Keep the raw stream chunks of a version made here: the next version's deltas start from them."""
+        for ref in manifest.stream:
+            piece = chunks.get(ref.hash)
+            if isinstance(piece, Piece):
+                self._raws.put(ref.hash, piece.data)
 
     def put_chunks(self, chunks: Mapping[bytes, StoredChunk]) -> int:
         """Store chunks ahead of the version that uses them (a move's incoming stream, a part at a time), each
         checked against its hash; return the bytes added. Until a version uses them, ``gc`` may remove them."""
         missing = self.missing(chunks)
         ready = {digest: _encoded(digest, chunks) for digest in missing}
-        return self._write(lambda conn: _writes.put_chunks(conn, ready))
+        return self._write(lambda conn: _writes.put_chunks(conn, ready, lambda digest: _encoded(digest, chunks)))
 
     def put_draft(self, draft: Draft) -> VersionInfo:
         """``put_version`` of a draft made in this process."""
@@ -319,7 +401,8 @@ class Store:
         given; return the bytes written."""
         with self._read() as conn:
             row = _rows.find_version(conn, app, version)
-            return _archive.write_export(out, row.manifest, _rows.read_version_chunks(conn, row.id), sign)
+            chunks = _travelling(Expander(conn), _rows.read_version_chunks(conn, row.id))
+            return _archive.write_export(out, row.manifest, chunks, sign)
 
     def import_(self, src: BinaryIO, name: str = "", source: str = "the file") -> VersionInfo:
         """Check an export from ``src`` whole, then store it as the first version of a new app (``name``, or
@@ -368,7 +451,7 @@ class Store:
 
     def gc(self) -> _writes.GcReport:
         """Delete every chunk that no version references."""
-        return self._write(_writes.gc, "nothing collected")
+        return self._write(lambda conn: _writes.gc(conn, self._pinned()), "nothing collected")
 
     def write(self, task: Callable[[sqlite3.Connection], T], what: str = "not saved") -> T:
         """Run ``task`` on the writer thread, after the writes queued before it; ``task`` opens its own
@@ -412,6 +495,46 @@ def _encoded(digest: bytes, chunks: ChunkSource) -> StoredChunk:
     except Damage as damage:
         raise CheckpointError(f"refusing a chunk that fails its check: {damage}") from None
     return given
+
+
+class Pending:
+    """Chunks of one version stored ahead of it (``Store.pending``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.pinned: collections.Counter[bytes] = collections.Counter()
+        self.added = 0  # bytes stored
+        self.received = 0  # raw bytes given
+
+    def put(self, manifest: pb.CheckpointManifest, chunks: Mapping[bytes, Piece]) -> None:
+        """Store those of ``chunks`` (of the version ``manifest`` describes) that the store lacks, compressed
+        or as deltas where they pay, in one transaction."""
+        store = self._store
+        with store._lock:
+            store._pins.update(chunks.keys())
+        self.pinned.update(chunks.keys())
+        self.received += sum(memoryview(piece.data).nbytes for piece in chunks.values())
+        check_manifest(manifest, f"the checkpoint of {manifest.app!r}")
+        ready = store._encode_new(manifest, chunks, list(chunks), deltas=True)
+
+        def task(conn: sqlite3.Connection) -> int:
+            return _writes.put_chunks(conn, ready, lambda digest: _encoded(digest, chunks))
+
+        self.added += store._write(task)
+        store._remember(manifest, chunks)
+
+
+def _travelling(expander: Expander, chunks: Iterable[tuple[bytes, StoredChunk]]) -> Iterator[tuple[bytes, StoredChunk]]:
+    """``chunks`` as they leave the store: a delta expanded (checked) and compressed whole."""
+    for digest, stored in chunks:
+        if stored.codec != Codec.DELTA:
+            yield digest, stored
+            continue
+        try:
+            raw = expander.raw(digest, stored)
+        except Damage as damage:
+            raise CheckpointDamagedError(f"{damage}; run mig verify") from None
+        yield digest, encode(raw, STREAM_LEVEL)
 
 
 def _check_fits(manifest: pb.CheckpointManifest, info: VersionInfo) -> None:

@@ -74,6 +74,9 @@ class Writer:
                 task, future = item
                 if future.set_running_or_notify_cancel():
                     _settle(future, task, conn)
+                # Not kept while waiting for the next task: a version's task holds all its chunks (256 MiB
+                # stayed in the daemon after a large checkpoint until the next write).
+                del item, task, future
         finally:
             conn.close()
 

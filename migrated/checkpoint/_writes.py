@@ -12,11 +12,22 @@ from migrated.checkpoint import _retention
 from migrated.checkpoint._codec import StoredChunk
 from migrated.checkpoint._manifest import Kind, chunk_hashes, kind_of, proto_kind
 from migrated.checkpoint._rows import VersionInfo, chunk_ids, find_version, manifest_hash, version_infos
+from migrated.checkpoint._schema import WAL_LIMIT, trim_wal
 from migrated.checkpoint._writer import immediate
 from migrated.errors import AppExistsError, CheckpointError
 from migrated.transport.v1 import checkpoint_pb2 as pb
 
-__all__ = ["GcReport", "adopt_version", "copy_version", "delete_versions", "gc", "put_version", "remove_app", "retain"]
+__all__ = [
+    "GcReport",
+    "adopt_version",
+    "copy_version",
+    "delete_versions",
+    "gc",
+    "put_chunks",
+    "put_version",
+    "remove_app",
+    "retain",
+]
 
 Encode = Callable[[bytes], StoredChunk]
 
@@ -30,30 +41,46 @@ class GcReport:
 
 
 def put_version(
-    conn: sqlite3.Connection, manifest: pb.CheckpointManifest, encode: Encode, *, new_app: bool = False
+    conn: sqlite3.Connection,
+    manifest: pb.CheckpointManifest,
+    encode: Encode,
+    *,
+    new_app: bool = False,
+    whole: Encode | None = None,
+    ahead: int = 0,
 ) -> VersionInfo:
     """Store the chunks the store lacks (``encode(hash)`` gives them), then the version that uses them.
-    With ``new_app``, refuse an app that has versions already."""
+    With ``new_app``, refuse an app that has versions already. A delta whose bases are gone by now (a ``gc``
+    ran since it was made) is stored as ``whole(hash)`` gives it instead. ``ahead``: bytes of this version's
+    chunks stored ahead of it (``put_chunks``), counted as added."""
     with immediate(conn):
         if new_app:
             _refuse_existing(conn, manifest.app)
         hashes = chunk_hashes(manifest)
         ids = chunk_ids(conn, hashes)
-        added = 0
+        added = ahead
         for digest in hashes:
             if digest not in ids:
-                ids[digest], size = _insert_chunk(conn, digest, encode(digest))
+                ids[digest], size = _insert_chunk(conn, digest, encode(digest), whole)
                 added += size
         app_id, number, latest = _app_for_new_version(conn, manifest.app)
         final = _finish(manifest, number, manifest.parent or latest, added)
-        return _insert_version(conn, app_id, final, set(ids.values()))
+        info = _insert_version(conn, app_id, final, set(ids.values()))
+    if added > WAL_LIMIT:
+        trim_wal(conn)
+    return info
 
 
-def put_chunks(conn: sqlite3.Connection, chunks: Mapping[bytes, StoredChunk]) -> int:
-    """Store those of ``chunks`` the store lacks, checked by the caller; return the bytes added."""
+def put_chunks(conn: sqlite3.Connection, chunks: Mapping[bytes, StoredChunk], whole: Encode) -> int:
+    """Store those of ``chunks`` the store lacks, ahead of the version that will use them; the bytes added."""
     with immediate(conn):
-        stored = chunk_ids(conn, list(chunks))
-        return sum(_insert_chunk(conn, digest, chunk)[1] for digest, chunk in chunks.items() if digest not in stored)
+        known = chunk_ids(conn, list(chunks))
+        added = sum(
+            _insert_chunk(conn, digest, stored, whole)[1] for digest, stored in chunks.items() if digest not in known
+        )
+    if added > WAL_LIMIT:
+        trim_wal(conn)
+    return added
 
 
 def copy_version(
@@ -119,16 +146,30 @@ def remove_app(conn: sqlite3.Connection, app: str) -> int:
         return int(count)
 
 
-def gc(conn: sqlite3.Connection) -> GcReport:
-    """Delete every chunk no version references, then give the freed pages back to the file system."""
-    unused = "NOT EXISTS (SELECT 1 FROM version_chunks vc WHERE vc.chunk_id = chunks.id)"
+def gc(conn: sqlite3.Connection, pinned: frozenset[bytes] = frozenset()) -> GcReport:
+    """Delete every chunk that no version references, no kept delta uses as a base and that is not ``pinned``
+    (stored ahead of a version being written), then give the freed pages back to the file system. A chain is
+    deleted from its top: each round frees the bases of the last."""
+    unused = (
+        "NOT EXISTS (SELECT 1 FROM version_chunks vc WHERE vc.chunk_id = chunks.id) "
+        "AND NOT EXISTS (SELECT 1 FROM chunk_bases cb WHERE cb.base_id = chunks.id) "
+        "AND NOT EXISTS (SELECT 1 FROM temp.pinned p WHERE p.hash = chunks.hash)"
+    )
+    count = size = 0
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS pinned (hash BLOB PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("DELETE FROM temp.pinned")
+    conn.executemany("INSERT INTO temp.pinned (hash) VALUES (?)", ((digest,) for digest in pinned))
     with immediate(conn):
-        count, size = conn.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM chunks WHERE {unused}"
-        ).fetchone()
-        conn.execute(f"DELETE FROM chunks WHERE {unused}")
+        while True:
+            found, found_size = conn.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM chunks WHERE {unused}"
+            ).fetchone()
+            if not found:
+                break
+            conn.execute(f"DELETE FROM chunks WHERE {unused}")
+            count, size = count + found, size + found_size
     conn.execute("PRAGMA incremental_vacuum")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    trim_wal(conn)
     return GcReport(count, size)
 
 
@@ -143,13 +184,25 @@ def _delete(conn: sqlite3.Connection, app: str, versions: Sequence[int]) -> list
     return deleted
 
 
-def _insert_chunk(conn: sqlite3.Connection, digest: bytes, stored: StoredChunk) -> tuple[int, int]:
+def _insert_chunk(
+    conn: sqlite3.Connection, digest: bytes, stored: StoredChunk, whole: Encode | None
+) -> tuple[int, int]:
+    base_ids = chunk_ids(conn, stored.bases) if stored.bases else {}
+    if len(base_ids) < len(stored.bases):
+        if whole is None:
+            raise CheckpointError(f"chunk {digest.hex()[:16]} is a delta whose base is not stored")
+        stored, base_ids = whole(digest), {}
     size = memoryview(stored.data).nbytes
     cursor = conn.execute(
-        "INSERT INTO chunks (hash, codec, raw_size, stored_size, data) VALUES (?, ?, ?, ?, ?)",
-        (digest, int(stored.codec), stored.raw_size, size, stored.data),
+        "INSERT INTO chunks (hash, codec, raw_size, stored_size, data, depth) VALUES (?, ?, ?, ?, ?, ?)",
+        (digest, int(stored.codec), stored.raw_size, size, stored.data, stored.depth if base_ids else 0),
     )
-    return _rowid(cursor), size
+    chunk_id = _rowid(cursor)
+    conn.executemany(
+        "INSERT INTO chunk_bases (chunk_id, position, base_id) VALUES (?, ?, ?)",
+        ((chunk_id, position, base_ids[base]) for position, base in enumerate(stored.bases) if base_ids),
+    )
+    return chunk_id, size
 
 
 def _app_for_new_version(conn: sqlite3.Connection, app: str) -> tuple[int, int, int]:

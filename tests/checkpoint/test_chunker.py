@@ -73,7 +73,8 @@ def test_array_chunks_are_fixed_and_only_changed_ones_are_new() -> None:
     before = chunk_snapshot(serialise(array))
     array[1000:2000] = 0
     after = chunk_snapshot(serialise(array))
-    assert [size for _, size in after.buffers[0].chunks] == [BUFFER_CHUNK] * 64
+    sizes = [size for _, size in after.buffers[0].chunks]
+    assert sizes[:-1] == [BUFFER_CHUNK] * (array.nbytes // BUFFER_CHUNK) and sum(sizes) == array.nbytes
     changed = {h for h, _ in after.buffers[0].chunks} - {h for h, _ in before.buffers[0].chunks}
     assert len(changed) == 1
 

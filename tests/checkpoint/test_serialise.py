@@ -10,6 +10,7 @@ import enum
 import fractions
 import functools
 import io
+import json
 import os
 import queue
 import socket
@@ -17,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,24 @@ def test_lambdas_closures_and_nested_functions_stay_on_the_fast_path() -> None:
     assert restored["factorial"](6) == 720
     assert restored["default"]() == (1, "k")
     assert restored["square"].__qualname__ == state["square"].__qualname__
+
+
+def test_modules_code_and_mapping_proxies_stay_on_the_fast_path() -> None:
+    state: dict[str, Any] = {
+        "np": np,
+        "json": json,
+        "path": os.path,
+        "code": _make_counter.__code__,
+        "proxy": types.MappingProxyType({"a": 1}),
+        "array": np.arange(100_000, dtype=np.float64),
+    }
+    snapshot = serialise(state)
+    assert snapshot.serializer == "pickle"
+    restored = deserialise(through_chunks(snapshot))
+    assert restored["np"] is np and restored["json"] is json and restored["path"] is os.path
+    assert restored["code"] == _make_counter.__code__
+    assert restored["proxy"] == {"a": 1} and isinstance(restored["proxy"], types.MappingProxyType)
+    assert np.array_equal(restored["array"], state["array"])
 
 
 def test_closures_sharing_a_cell_still_share_it() -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from migrated.checkpoint import Store, VersionInfo, parse_policy
+from migrated import _heap
+from migrated.checkpoint import Piece, Store, VersionInfo, parse_policy
+from migrated.checkpoint._store import Pending
 from migrated.daemon._records import AppRecord, State
 from migrated.daemon._runner import SAFE_POINT_WAIT, Busy, Captured, Runner
 from migrated.errors import AppBusyError, AppStateError, MigError, StorageError
+from migrated.transport.v1 import checkpoint_pb2 as pb
 
 __all__ = ["Checkpointer"]
 
@@ -36,30 +39,47 @@ class Checkpointer:
                 f"{record.name!r} is not running (it {record.state.value}); only a running app can be checkpointed"
             )
         runner = record.runner
-        captured = await self._capture(record, runner, kind, message, hold)
-        await runner.output_kept(captured.output)  # the lines the state printed are in the console first
-        manifest = captured.manifest
-        manifest.parent = record.version
-        manifest.console_cursor = record.console.log.next_seq - 1
-        try:
-            info = await asyncio.to_thread(self.store.put_version, manifest, captured.chunks)
-        except BaseException as exc:
-            if isinstance(exc, StorageError):
-                record.save_error = exc.message
-            if hold:
-                await runner.resume()  # not stored: the app must not stop
-            raise
+        with self.store.pending() as pending:
+            captured = await self._capture(record, runner, kind, message, hold, pending)
+            await runner.output_kept(captured.output)  # the lines the state printed are in the console first
+            try:
+                info = await self._store(record, captured, pending)
+            except BaseException as exc:
+                if isinstance(exc, StorageError):
+                    record.save_error = exc.message
+                if hold:
+                    await runner.resume()  # not stored: the app must not stop
+                raise
+            finally:
+                received = pending.received + sum(memoryview(piece.data).nbytes for piece in captured.chunks.values())
+                captured.chunks.clear()  # stored (or not): nobody needs them any more
+                if received >= _heap.LARGE:
+                    await asyncio.to_thread(_heap.trim)
         record.version, record.save_error = info.version, ""
         log.info("%s: version %d (%s), paused %.1f ms", record.name, info.version, kind, captured.pause * 1000)
         return info, captured
 
-    async def _capture(self, record: AppRecord, runner: Runner, kind: str, message: str, hold: bool) -> Captured:
+    async def _store(self, record: AppRecord, captured: Captured, pending: Pending) -> VersionInfo:
+        if captured.error is not None:  # a batch stored ahead failed
+            raise captured.error
+        manifest = captured.manifest
+        manifest.parent = record.version
+        manifest.console_cursor = record.console.log.next_seq - 1
+        return await asyncio.to_thread(self.store.put_version, manifest, captured.chunks, pending)
+
+    async def _capture(
+        self, record: AppRecord, runner: Runner, kind: str, message: str, hold: bool, pending: Pending
+    ) -> Captured:
         async def missing(hashes: list[bytes]) -> list[bytes]:
             lacking = await asyncio.to_thread(self.store.missing, hashes)
             return [digest for digest in dict.fromkeys(hashes) if digest in lacking]
 
+        async def flush(manifest: pb.CheckpointManifest, chunks: dict[bytes, Piece]) -> None:
+            await asyncio.to_thread(pending.put, manifest, chunks)
+            chunks.clear()
+
         try:
-            return await runner.checkpoint(kind, message, missing, hold, self.safe_point_wait)
+            return await runner.checkpoint(kind, message, missing, hold, self.safe_point_wait, flush)
         except Busy as busy:
             where = f"in {busy.where}" if busy.where else "in a handler"
             raise AppBusyError(

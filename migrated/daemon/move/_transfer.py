@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from migrated.checkpoint import Codec, Store, StoredChunk, chunk_hashes
+from migrated import _heap
+from migrated.checkpoint import WIRE_CODECS, Codec, Store, StoredChunk, chunk_hashes
 from migrated.daemon._faults import fault_point
 from migrated.daemon._peers import Peers
 from migrated.discovery._paired import PairedPeer
@@ -27,7 +28,7 @@ BATCH_BYTES = 1 << 20  # chunk bytes per Stage message
 READ_BYTES = 4 << 20  # chunk bytes the source reads from its store at a time
 READ_AHEAD = 2  # reads the source keeps ready ahead of the stream
 STORE_BYTES = 8 << 20  # chunk bytes the destination stores per transaction while the stream goes on
-_CODECS = frozenset(int(codec) for codec in Codec)
+_CODECS = frozenset(int(codec) for codec in WIRE_CODECS)  # never a delta: its base might not be here
 
 
 @dataclass(slots=True)
@@ -199,7 +200,12 @@ async def receive(
     staged.CopyFrom(manifest)
     staged.app, staged.parent = staging(ref.id), 0
     await fault_point("destination-staging")
-    info = await _stored(asyncio.ensure_future(asyncio.to_thread(store.put_version, staged, chunks)), ref, host)
+    try:
+        info = await _stored(asyncio.ensure_future(asyncio.to_thread(store.put_version, staged, chunks)), ref, host)
+    finally:
+        chunks.clear()
+        if received >= _heap.LARGE:
+            await asyncio.to_thread(_heap.trim)
     log.info("staged %s for %s: %.1f MiB received and stored in %.0f ms", ref.app, ref.id[:8], received / 2**20,
              (time.perf_counter() - started) * 1000)  # fmt: skip
     return ref, staged, pb.StageReply(version=info.version, bytes_stored=received)
