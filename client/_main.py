@@ -518,9 +518,11 @@ def _attach(daemon: Daemon, name: str) -> None:
             ended.set()
 
     output = threading.Thread(target=follow, daemon=True, name="attach-output")
-    output.start()
     try:
+        output.start()
         detached = _forward_input(daemon, name, ended)
+    except KeyboardInterrupt:  # a Ctrl-C that came before the input loop (the output may be shown already)
+        detached = True
     finally:
         signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C while this tidies up ends it
     if detached:

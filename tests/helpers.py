@@ -332,8 +332,14 @@ class BaseDaemon:
     # -- mig
 
     def mig(self, *args: str, **kwargs: Any) -> Result:
-        """Run ``mig`` against this daemon (see ``mig``)."""
-        return mig(*args, dir=self.dir, where=self.where, **kwargs)
+        """Run ``mig`` against this daemon (see ``mig``); a failed check shows the tail of the daemon's log too."""
+        try:
+            return mig(*args, dir=self.dir, where=self.where, **kwargs)
+        except AssertionError as failed:
+            tail = "\n".join(self.stderr_log().splitlines()[-40:])
+            raise AssertionError(
+                f"{failed}\nthe daemon's log{' on ' + self.where if self.where else ''} ends:\n{tail}"
+            ) from None
 
     def status(self) -> dict[str, Any]:
         """``mig status --json``."""

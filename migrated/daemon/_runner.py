@@ -163,6 +163,11 @@ class Runner:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         return cls(proc, reader, writer, stacks)
 
+    @property
+    def ready(self) -> bool:
+        """No read-ahead is under way: a load would start at once."""
+        return not self._reading.locked()
+
     async def read_ahead(self, request: dict[str, Any]) -> None:
         """Have a spare import an arriving app's modules and read its pre-copied version (``Kind.AHEAD``); return
         when it has (a ``load`` meanwhile waits)."""

@@ -84,9 +84,10 @@ class SpareRunners:
         else a new one."""
         self._readying.discard(key)
         readied = self._ahead.pop(key, None) if key else None
-        if readied is not None and readied.proc.returncode is None and _is_dir(cwd):
+        if readied is not None and readied.proc.returncode is None and readied.ready and _is_dir(cwd):
             return readied
-        if readied is not None:
+        if readied is not None:  # dead, or still reading ahead (a shortcut is no use late): the thaw goes on without
+            log.info("the runner readied for %s (pid %d) is not ready; a spare takes the app", key[:8], readied.pid)
             readied.kill()
         if _is_dir(cwd):  # otherwise the new runner's start says what is wrong with cwd
             runner = self._pop_ready()
