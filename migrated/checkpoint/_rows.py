@@ -119,21 +119,20 @@ def _not_found(app: str, version: int | None) -> VersionNotFoundError:
 
 def chunk_ids(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, int]:
     """The row ids of those of ``hashes`` that are stored."""
-    found: dict[bytes, int] = {}
-    for start in range(0, len(hashes), _BATCH):
-        batch = hashes[start : start + _BATCH]
-        marks = ",".join("?" * len(batch))
-        found.update(conn.execute(f"SELECT hash, id FROM chunks WHERE hash IN ({marks})", batch))
-    return found
+    return _by_hash(conn, "id", hashes)
 
 
 def stored_sizes(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, int]:
     """The stored size of those of ``hashes`` that are stored."""
+    return _by_hash(conn, "stored_size", hashes)
+
+
+def _by_hash(conn: sqlite3.Connection, column: str, hashes: Sequence[bytes]) -> dict[bytes, int]:
     found: dict[bytes, int] = {}
     for start in range(0, len(hashes), _BATCH):
         batch = hashes[start : start + _BATCH]
         marks = ",".join("?" * len(batch))
-        found.update(conn.execute(f"SELECT hash, stored_size FROM chunks WHERE hash IN ({marks})", batch))
+        found.update(conn.execute(f"SELECT hash, {column} FROM chunks WHERE hash IN ({marks})", batch))
     return found
 
 
