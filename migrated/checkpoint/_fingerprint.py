@@ -91,4 +91,13 @@ def _own_source(file: str, root: Path) -> Path | None:
     path = Path(file).resolve()
     if not path.is_relative_to(root) or _INSTALLED & set(path.relative_to(root).parts):
         return None
+    if any(path.is_relative_to(own) for own in _own_packages()):  # the runner itself is ``__main__``
+        return None
     return path
+
+
+@functools.cache
+def _own_packages() -> tuple[Path, ...]:
+    """The folders of migrated's packages, ``migrated`` and ``client`` beside it, wherever they are installed."""
+    package = Path(__file__).resolve().parents[1]
+    return (package, package.parent / "client")

@@ -11,6 +11,7 @@ import pytest
 
 from migrated.checkpoint import (
     Kind,
+    _fingerprint,
     chunk_hashes,
     code_files,
     make_draft,
@@ -91,3 +92,12 @@ def test_code_files_are_the_app_file_and_its_local_modules(tmp_path: Path, monke
     finally:
         sys.modules.pop("ck_helper", None)
         sys.modules.pop("ck_dep", None)
+
+
+def test_code_files_leave_out_migrated_itself_even_as_main() -> None:
+    """A runner is ``python -m migrated.runtime._runner``, so its ``__main__`` is migrated's own file; an app whose
+    folder holds migrated (a clone in /tmp and an app in /tmp) must not take it into its code bundle."""
+    runner = Path(_fingerprint.__file__).resolve().parents[1] / "runtime" / "_runner.py"
+    root = runner.parents[2]  # the folder that holds the migrated package
+    assert _fingerprint._own_source(str(runner), root) is None
+    assert _fingerprint._own_source(str(root / "app.py"), root) == root / "app.py"
