@@ -147,7 +147,7 @@ def read_version_chunks(conn: sqlite3.Connection, version_id: int) -> Iterator[t
         bases.setdefault(chunk_id, []).append(base)
     query = (
         "SELECT c.id, c.hash, c.codec, c.raw_size, c.data, c.depth FROM version_chunks vc "
-        "JOIN chunks c ON c.id = vc.chunk_id WHERE vc.version_id = ? ORDER BY c.id"
+        "JOIN chunks c ON c.id = vc.chunk_id WHERE vc.version_id = ? ORDER BY vc.chunk_id"  # the key's order: no sort
     )
     for row in conn.execute(query, (version_id,)):
         yield row[1], _stored(conn, row, bases.get(row[0]))
