@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         check_code_path,
         check_manifest,
         chunk_hashes,
+        chunk_sizes,
         make_draft,
         package_mismatches,
     )
@@ -72,6 +73,7 @@ __all__ = [
     "check_manifest",
     "chunk_hash",
     "chunk_hashes",
+    "chunk_sizes",
     "chunk_snapshot",
     "code_bundle",
     "code_files",
@@ -113,6 +115,7 @@ _HOME = {
     "check_code_path": "_manifest",
     "check_manifest": "_manifest",
     "chunk_hashes": "_manifest",
+    "chunk_sizes": "_manifest",
     "make_draft": "_manifest",
     "package_mismatches": "_manifest",
     "RetentionPolicy": "_retention",

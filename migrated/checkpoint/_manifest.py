@@ -139,12 +139,16 @@ def _add_code(manifest: pb.CheckpointManifest, pieces: dict[bytes, Piece], code:
 
 def chunk_hashes(manifest: pb.CheckpointManifest) -> list[bytes]:
     """Every chunk a manifest references, once each, in the order it first appears."""
-    found: dict[bytes, None] = {}
-    found.update((ref.hash, None) for ref in manifest.stream)
+    return list(chunk_sizes(manifest))
+
+
+def chunk_sizes(manifest: pb.CheckpointManifest) -> dict[bytes, int]:
+    """Every chunk a manifest references and its raw size, in the order it first appears."""
+    found = {ref.hash: ref.size for ref in manifest.stream}
     for buffer in manifest.buffers:
-        found.update((ref.hash, None) for ref in buffer.chunks)
-    found.update((file.hash, None) for file in manifest.code)
-    return list(found)
+        found.update((ref.hash, ref.size) for ref in buffer.chunks)
+    found.update((file.hash, file.size) for file in manifest.code)
+    return found
 
 
 def buffer_layouts(manifest: pb.CheckpointManifest) -> list[BufferLayout]:

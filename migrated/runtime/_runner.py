@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import io
 import os
 import selectors
@@ -244,7 +245,6 @@ class Driver:
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 _STACKS: Any = None  # the pipe SIGUSR2 writes the app's stack to: kept open while the runner lives
 URGENT_READS = 16  # socket reads at most while looking for a checkpoint request among queued frames
-_MEMO: list[Any] = []  # the runner's HashMemo, once it captured
 _AHEAD: list[Any] = []  # the version a spare read ahead (AHEAD), for the LOAD that thaws a later one
 _STEPPING = "_mig_stepping"  # saved with the state: whether step() still runs after a thaw
 _HOME_STATE = "_mig_home"  # saved with the state: the home line's cursor and unacknowledged output
@@ -275,13 +275,12 @@ def _capture(app: App, spec: dict[str, Any], request: dict[str, Any], stepping: 
     )
 
 
+@functools.cache
 def _memo() -> Any:
     """The runner's ``HashMemo``: each capture hashes only the chunks that changed since the one before."""
     from migrated import checkpoint
 
-    if not _MEMO:
-        _MEMO.append(checkpoint.HashMemo())
-    return _MEMO[0]
+    return checkpoint.HashMemo()
 
 
 def _runtime_files() -> contextlib.AbstractContextManager[None]:

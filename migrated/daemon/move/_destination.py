@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from migrated._names import check_app_name
-from migrated.checkpoint import Store, package_mismatches, package_versions
+from migrated.checkpoint import Store, chunk_sizes, package_mismatches, package_versions
 from migrated.daemon import _code
 from migrated.daemon._faults import fault_point
 from migrated.daemon._handoff import Action, AskDecision, DestState, Drop, Record, Refuse, Reply, SourceState, Thaw
@@ -32,7 +32,6 @@ from migrated.daemon.move._transfer import receive, staging
 from migrated.discovery._paired import PairedPeer
 from migrated.errors import AppNotFoundError, AppStateError, MigError, UsageError
 from migrated.transport.v1 import peer_pb2 as pb
-from migrated.transport.v1.checkpoint_pb2 import CheckpointManifest
 
 __all__ = ["MoveDestination", "checked"]
 
@@ -93,7 +92,7 @@ class MoveDestination:
         installed = {name: None for name in importlib.metadata.packages_distributions()}
         problems += package_mismatches(manifest, package_versions(installed))  # type: ignore[arg-type]
         free = shutil.disk_usage(self._state_dir).free
-        sizes = _chunk_sizes(manifest)
+        sizes = chunk_sizes(manifest)
         lacking = sum(sizes[digest] for digest in await asyncio.to_thread(self.store.missing, sizes))
         if free < lacking * DISK_MARGIN:
             problems.append(f"this host has {free / 2**20:.0f} MiB free, the app needs {lacking / 2**20:.0f} MiB")
@@ -289,15 +288,6 @@ class MoveDestination:
             await self.abort(pb.AbortRequest(migration=entry.ref))
         else:
             await self.commit(pb.CommitRequest(migration=entry.ref))
-
-
-def _chunk_sizes(manifest: CheckpointManifest) -> dict[bytes, int]:
-    """Each chunk ``manifest`` uses, and its raw size."""
-    sizes = {ref.hash: ref.size for ref in manifest.stream}
-    for buffer in manifest.buffers:
-        sizes.update((ref.hash, ref.size) for ref in buffer.chunks)
-    sizes.update((file.hash, file.size) for file in manifest.code)
-    return sizes
 
 
 def _arrival(ref: pb.MigrationRef, request: pb.PrepareRequest, caller: PairedPeer) -> DestinationEntry:
