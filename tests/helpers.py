@@ -274,13 +274,20 @@ def runner_pids(daemon_pid: int) -> set[int]:
     found: set[int] = set()
     for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status", "name"]):
         with contextlib.suppress(psutil.Error):
-            if RUNNER_MODULE not in " ".join(proc.info["cmdline"] or ()) or proc.info["name"] == "mig-spare":
+            cmdline = proc.info["cmdline"] or []
+            if RUNNER_MODULE not in " ".join(cmdline) or _is_spare(cmdline, proc.info["name"]):
                 continue
             if proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
             if proc.info["ppid"] == daemon_pid or proc.environ().get("MIG_DAEMON_PID") == str(daemon_pid):
                 found.add(proc.info["pid"])
     return found
+
+
+def _is_spare(cmdline: list[str], name: str) -> bool:
+    """A spare runner not yet given an app: named ``mig-spare`` once it started, and before that (while Python
+    starts) still named for its interpreter, its command line ending in ``spare``."""
+    return name == "mig-spare" or (cmdline[-1:] == ["spare"] and not name.startswith("mig:"))
 
 
 # -- the daemon harness

@@ -269,7 +269,7 @@ class AppTable:
         record = self.registry.get(name)
         if record.visitor:
             raise AppStateError(f"{name!r} takes its input at its home {record.place.home}; mig send it there")
-        if record.state not in (State.RUNNING, State.AWAY, State.STARTING):
+        if record.state not in (State.RUNNING, State.AWAY, State.STARTING) and not record.moving:
             raise AppStateError(f"{name!r} is not running (it {record.state.value}); it cannot take input")
         if record.handing_home:
             raise AppStateError(

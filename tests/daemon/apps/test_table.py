@@ -52,6 +52,7 @@ class IO:
         self.runners: list[Runner] = []
         self.ends: list[tuple[str, State]] = []
         self.closes: list[str] = []
+        self.inputs: list[tuple[str, str]] = []
 
     def attach(self, record: AppRecord, runner: Runner) -> Callable[[Frame], None]:
         self.attached.append(record.name)
@@ -72,7 +73,7 @@ class IO:
         self.closes.append(name)
 
     def input(self, record: AppRecord, text: str) -> None:
-        pass
+        self.inputs.append((record.name, text))
 
 
 @dataclass
@@ -204,6 +205,22 @@ def test_a_crash_during_a_move_is_held_back_until_the_move_says(tmp_path: Path) 
             await r.table.bring_back(record)
             await shown(record, "mover is back from version 1")
             assert record.running and record.restarts == 1
+
+    asyncio.run(scenario())
+
+
+def test_input_is_taken_while_the_app_moves_also_once_its_copy_here_ended(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with rig(tmp_path) as r:
+            record = await r.table.run(r.spec("mover"))
+            record.moving = True
+            await r.table.end_copy(record, "moved to h1")  # handed off; the record is not marked away yet
+            assert record.state is State.CLOSED
+            await r.table.send("mover", "typed meanwhile")  # its home keeps it for the copy that goes on
+            assert r.io.inputs == [("mover", "typed meanwhile")]
+            record.moving = False
+            with pytest.raises(AppStateError, match="it cannot take input"):
+                await r.table.send("mover", "typed once it closed")
 
     asyncio.run(scenario())
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    TICKER,
+    TICKER_WITH_INPUT,
     Background,
     contiguous,
     journal,
@@ -103,7 +103,7 @@ def rx_bytes(daemon: BedDaemon) -> int:
 @pytest.fixture
 def app_file(tmp_path: Path) -> Path:
     path = tmp_path / "ticker.py"
-    path.write_text(TICKER.lstrip("\n"))
+    path.write_text(TICKER_WITH_INPUT.lstrip("\n"))
     return path
 
 
@@ -206,11 +206,14 @@ def test_destination_killed_after_prepare_learns_abort_and_drops_its_copy(
     assert journal_state(h1, "destination") == "prepared"
     assert copies([h0, h1], "ticker") == []  # frozen at the source, waiting for the answer to PREPARE
     last = still(h0, "ticker")
+    h0.mig("send", "ticker", "typed while frozen")  # its home keeps the line for whichever copy goes on
     h1.kill9()
     err = failed_move(move)
     assert "goes on running here" in err, err
     seen = ticking(h0, "ticker", past=last)
     contiguous(seen)  # the live copy resumed: not a tick lost or repeated
+    wait_until(lambda: "got typed while frozen" in h0.logs("ticker"), 10, what="the line typed during the move")
+    assert h0.logs("ticker").count("got typed while frozen") == 1
     assert copies([h0, h1], "ticker") == ["h0"]
     h1.revive()  # it asks h0 about the migration it prepared, and is told: aborted
     wait_until(lambda: journal_state(h1, "destination") == "aborted", 15, what="h1 to learn the move was aborted")
