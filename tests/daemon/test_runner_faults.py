@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AppDir, Daemon, Daemons
-from tests.helpers import TICKER, pid_alive, runner_pids, wait_until
+from tests.helpers import TICKER, TICKER_WITH_INPUT, pid_alive, runner_pids, wait_until
 
 DYING_APP = """
     import ctypes
@@ -155,3 +155,26 @@ def test_a_killed_daemon_keeps_the_console_of_its_apps(daemons: Daemons, app_dir
     again.mig("open", "diary")
     wait_until(lambda: again.mig("logs", "diary").out.count("tick") > after.count("tick") + 3, 10, what="ticks")
     assert again.mig("logs", "diary").out.startswith(after)
+
+
+def test_a_crashed_app_on_its_way_back_when_the_daemon_is_killed_is_opened_again_after_the_restart(
+    daemons: Daemons, app_dir: AppDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIGRATED_FAULT_PAUSE", "recovery-waiting")  # its crash recovery waits for ever
+    daemon = daemons.start()
+    daemon.mig("run", str(app_dir.write("phoenix.py", TICKER_WITH_INPUT)))
+    daemon.wait_logs("phoenix", "tick 3")
+    daemon.mig("checkpoint", "phoenix")
+    daemon.mig("send", "phoenix", "die")
+    wait_until(lambda: "paused at recovery-waiting" in daemon.stderr_log(), 15, what="the recovery to wait")
+    os.kill(daemon.pid, signal.SIGKILL)
+    monkeypatch.delenv("MIGRATED_FAULT_PAUSE")
+    again = daemons.start(state_dir=daemon.dir)
+    entry = again.app("phoenix")
+    # As an app that ran when its daemon died: closed, and opened again from its last version.
+    assert entry["state"] == "closed", entry
+    assert "mig open phoenix resumes it from version 1" in entry["reason"]
+    again.mig("open", "phoenix")
+    restarted = "the daemon restarted; the lines above are from before"
+    wait_until(lambda: "tick" in again.logs("phoenix").split(restarted)[-1], 10, what="phoenix to tick again")
+    assert again.app("phoenix")["state"] == "running"

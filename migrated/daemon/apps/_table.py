@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from migrated.checkpoint import Kind, Store
+from migrated.daemon._faults import fault_point
 from migrated.daemon._records import AppRecord, AppSpec, Place, State
 from migrated.daemon._runner import Outcome, Runner
 from migrated.daemon._spares import SpareRunners
@@ -148,9 +149,9 @@ class AppTable:
         if record.autosave_task is not None:
             record.autosave_task.cancel()
             record.autosave_task = None
-        await self.registry.save(record)
-        await self.io.ended(record)
         if record.moving:  # the move decides: gone there, or back here; the console stays open meanwhile
+            await self.registry.save(record)
+            await self.io.ended(record)
             if not record.closing:  # it ended by itself (a crash), not by the hand-off
                 await record.console.note(f"{record.name} {record.state.value} while it moved: {record.reason}")
                 log.info("%s %s while it moved: %s", record.name, record.state.value, record.reason)
@@ -160,6 +161,9 @@ class AppTable:
         why_not = self._why_not_recover(record) if recover else ""
         if why_not:
             record.reason += f"; not brought back: {why_not} (mig open {record.name} tries again)"
+        # An app on its way back is kept as running: a restart in the meantime finds it as any app that ran.
+        await self.registry.save(record, State.RUNNING if recover and not why_not else None)
+        await self.io.ended(record)
         await record.console.note(f"{record.name} {record.state.value}: {record.reason}")
         log.info("%s %s: %s", record.name, record.state.value, record.reason)
         if recover and not why_not:
@@ -185,12 +189,14 @@ class AppTable:
         if why_not:
             await self._give_up(record, why_not)
             return
+        await self.registry.save(record, State.RUNNING)
         self._tasks.spawn(self._recover(record), f"recover {record.name}")
 
     async def _recover(self, record: AppRecord) -> None:
         """Bring a crashed app back from its last good version, after a backoff that grows with its crashes."""
         delay = min(30.0, 0.5 * 2 ** (len(record.crash_times) - 1))
         await record.console.note(f"bringing {record.name} back from its last good version in {delay:.1f} s")
+        await fault_point("recovery-waiting")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._shutting_down.wait(), delay)
         if self._shutting_down.is_set():
@@ -219,6 +225,7 @@ class AppTable:
 
     async def _give_up(self, record: AppRecord, why: str) -> None:
         record.reason = f"{record.reason}; not brought back: {why} (mig open {record.name} tries again)"
+        await self.registry.save(record)
         await record.console.note(f"{record.name} is not brought back: {why}; mig open {record.name} tries again")
         await record.console.close()
 
