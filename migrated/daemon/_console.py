@@ -13,6 +13,7 @@ import asyncio
 import bisect
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,10 +261,14 @@ def _pieces(data: bytes) -> list[bytes]:
 class Console:
     """A console log that followers can wait on; closed when the app's runner ends."""
 
-    def __init__(self, max_lines: int, max_bytes: int, directory: Path | None = None, keep: bool = False) -> None:
-        """``keep``: take up the lines an earlier run of the daemon left in ``directory``."""
+    def __init__(
+        self, max_lines: int, max_bytes: int, directory: Path | None = None, keep: bool = False, session: float = 0.0
+    ) -> None:
+        """``keep``: take up the lines an earlier run of the daemon left in ``directory``, numbered in ``session``
+        (a new console's numbering is a session of its own)."""
         store = FileStore(directory, keep=keep) if directory is not None else MemoryStore()
         self.directory = directory
+        self.session = session if keep and session else time.time()  # tells a home which numbering its lines are in
         self.log = ConsoleLog(max_lines, max_bytes, store)
         self.closed = False
         self._changed = asyncio.Event()

@@ -48,6 +48,12 @@ def m001_daemon(db: Database) -> None:
         db.execute(statement)
 
 
+@_migration
+def m002_console_session(db: Database) -> None:
+    """The numbering of each app's console on this host (a visitor's lines the home lacks outlive a restart)."""
+    db.execute("ALTER TABLE app_records ADD COLUMN console_session REAL NOT NULL DEFAULT 0")
+
+
 _M001 = (
     """CREATE TABLE app_records (
         name TEXT PRIMARY KEY,

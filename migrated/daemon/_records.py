@@ -113,7 +113,7 @@ class Remote:
     pid: int = 0
     state: str = ""  # its state there
     console_applied: int = 0  # the last console line of that copy applied here
-    console_session: float = 0.0  # and the start of the daemon that numbered it
+    console_session: float = 0.0  # and the numbering (session) that copy's host gave its console
 
 
 @dataclass(eq=False)

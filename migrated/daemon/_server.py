@@ -155,6 +155,7 @@ async def _start(daemon: _Daemon, socket: Path) -> ControlSocket:
     if daemon.store.unclean:
         log.warning("the checkpoint store was not closed cleanly; quick_check: %s", daemon.store.problems or "ok")
     await recover(daemon.journal, daemon.source, daemon.destination)
+    daemon.home.carry_kept_consoles()
     daemon.peer_service.ready.set()
     daemon.tasks.spawn(daemon.peers.run_probes(), "probes")
     server = ControlSocket(daemon.control)

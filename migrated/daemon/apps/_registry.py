@@ -53,9 +53,10 @@ class AppRegistry:
         """Whether ``record`` is still the table's record of its app (not removed, forgotten or replaced)."""
         return self._apps.get(record.name) is record
 
-    def console(self, name: str, keep: bool = False) -> Console:
-        """A console for the app called ``name`` (``keep``: take up what an earlier run of the daemon left)."""
-        return Console(self._console_lines, self._console_bytes, self._console_dir / name, keep)
+    def console(self, name: str, keep: bool = False, session: float = 0.0) -> Console:
+        """A console for the app called ``name`` (``keep``: take up what an earlier run of the daemon left, numbered
+        in ``session``)."""
+        return Console(self._console_lines, self._console_bytes, self._console_dir / name, keep, session)
 
     def add(self, record: AppRecord) -> None:
         """Put ``record`` in the table (it is saved by the caller)."""
@@ -114,7 +115,9 @@ class AppRegistry:
     async def _take_up(self, saved: _rows.Saved) -> AppRecord:
         name = saved.spec.name
         latest = await asyncio.to_thread(self.store.latest, name)
-        console = self.console(name, keep=not saved.place.home_device)  # a visitor's lines are kept at its home
+        # A visitor keeps its lines too, in their numbering, until its home has them (a link carries them there).
+        console = self.console(name, keep=saved.place.home_device == "" or saved.console_session > 0,
+                               session=saved.console_session)  # fmt: skip
         record = AppRecord(saved.spec, console, place=saved.place, version=latest.version if latest else 0)
         if console.log.next_seq > 1:
             await console.note("the daemon restarted; the lines above are from before")

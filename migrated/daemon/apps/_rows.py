@@ -13,7 +13,7 @@ __all__ = ["Saved", "delete", "load", "save"]
 
 _SPEC = ("name", "kind", "file", "app_class", "cwd", "args", "autosave", "keep", "restart", "home_cwd")
 _PLACE = ("epoch", "host", "host_device", "home", "home_device", "files_home", "files_home_name")
-_COLUMNS = (*_SPEC, "state", "reason", *_PLACE)
+_COLUMNS = (*_SPEC, "state", "reason", *_PLACE, "console_session")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,7 @@ class Saved:
     state: str
     reason: str
     place: Place
+    console_session: float  # how this host numbered the app's console (0: not known)
 
 
 def save(record: AppRecord, state: State | None = None) -> Change:
@@ -33,6 +34,7 @@ def save(record: AppRecord, state: State | None = None) -> Change:
         spec.name, spec.kind, spec.file, spec.app_class, spec.cwd, json.dumps(list(spec.args)), spec.autosave,
         spec.keep, spec.restart, spec.home_cwd, (state or record.state).value, record.reason, place.epoch,
         place.host, place.host_device, place.home, place.home_device, place.files_home, place.files_home_name,
+        record.console.session,
     )  # fmt: skip
     query = f"INSERT OR REPLACE INTO app_records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
@@ -57,5 +59,6 @@ def load(conn: sqlite3.Connection) -> list[Saved]:
     for row in conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM app_records ORDER BY name"):
         values = dict(zip(_COLUMNS, row, strict=True))
         spec = AppSpec(**{key: values[key] for key in _SPEC if key != "args"}, args=tuple(json.loads(values["args"])))
-        found.append(Saved(spec, values["state"], values["reason"], Place(**{key: values[key] for key in _PLACE})))
+        place = Place(**{key: values[key] for key in _PLACE})
+        found.append(Saved(spec, values["state"], values["reason"], place, float(values["console_session"])))
     return found

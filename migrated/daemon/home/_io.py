@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +33,6 @@ class HomeIO:
         self.peers = peers
         self.grants = grants
         self.timeout = timeout  # seconds a call waits for an unreachable home
-        self.console_session = time.time()  # this daemon's console numbering starts anew with each start
         self._tasks = tasks
         self._homes: dict[str, AppHome] = {}
         self.granted: dict[str, AppHome] = {}  # home sides of apps whose files this host serves for another home
@@ -66,9 +64,16 @@ class HomeIO:
             await self.stale(record, why)
 
         target = (record.place.home_device, record.place.home)
-        link = Link(self.peers, record, target, push, refused, self.timeout, (self.console_session, acked))
+        link = Link(self.peers, record, target, push, refused, self.timeout, (record.console.session, acked))
         self._links[record.name] = (link, self._tasks.spawn(link.run(), f"home link {record.name}"))
         return link
+
+    def carry_kept_consoles(self) -> None:
+        """After a restart: the lines visitors printed before it go to their homes (which skip those they have),
+        also while the app does not run here."""
+        for record in self.registry:
+            if record.visitor and record.console.log.next_seq > 1 and record.name not in self._links:
+                self._open_link(record, lambda kind, payload: None)
 
     async def ended(self, record: AppRecord) -> None:
         """A runner of ``record`` ended: a visitor's link stays for its console; an app's sockets at home stay

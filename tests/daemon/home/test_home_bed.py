@@ -279,6 +279,32 @@ def test_the_home_cut_off_for_five_seconds_loses_no_console_line(bed: HomeBed) -
     bed.host("h1").mig("kill", "cutoff")
 
 
+def test_a_visitor_killed_while_its_home_is_cut_off_sends_its_lines_home_after_its_restart(bed: HomeBed) -> None:
+    run(bed, "diary", TICKER_WITH_INPUT, *PRINTER)
+    past(bed, "diary", "tick", 5)
+    move(bed, "diary", "h1")
+    before = onward(bed, "diary", "tick", 5)[-1]
+    h1 = bed.host("h1")
+    bed.bed[0].cut()
+    try:
+        there = wait_until(
+            lambda: (n := numbers(h1.mig("logs", "diary").out)) and n[-1] > before + 50 and n[-1],
+            20,
+            what="lines printed on h1 while its home is cut off",
+        )
+        assert isinstance(there, int)
+        h1.kill9()
+        h1.restart()
+    finally:
+        bed.bed[0].heal()
+    restarted = "[migrated] the daemon restarted; the lines above are from before"
+    log = wait_until(lambda: text if restarted in (text := home_log(bed, "diary")) else "", 30, what="h1's lines")
+    before_restart = numbers(log.split(restarted)[0])
+    contiguous(before_restart)
+    assert before_restart[-1] >= there, f"ticks {before_restart[-1] + 1}-{there} printed on h1 never reached home"
+    h1.mig("kill", "diary")
+
+
 def test_a_stale_copy_is_refused_by_the_home_and_stops(netbeds: Callable[[int], NetBed], tmp_path: Path) -> None:
     """h1's state directory is put back as it was before the app moved on from it to h2: h1 then believes it
     holds the app at the old epoch. Opened there, the home refuses its I/O and the copy stops."""
