@@ -254,7 +254,9 @@ def _insert_version(
         ),
     )
     version_id = _rowid(cursor)
-    conn.executemany("INSERT INTO version_chunks (version_id, chunk_id) VALUES (?, ?)", ((version_id, i) for i in ids))
+    # In chunk order, the foreign key checks read the chunks table in order and the chunk index grows in order.
+    rows = ((version_id, chunk_id) for chunk_id in sorted(ids))
+    conn.executemany("INSERT INTO version_chunks (version_id, chunk_id) VALUES (?, ?)", rows)
     conn.execute("UPDATE apps SET next_version = ? WHERE id = ?", (info.version + 1, app_id))
     return info
 
