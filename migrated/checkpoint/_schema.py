@@ -134,6 +134,31 @@ def m003_delta_chunks(db: Database) -> None:
     db.execute("CREATE INDEX chunk_bases_by_base ON chunk_bases (base_id)")
 
 
+@migration
+def m004_chunk_use_by_trigger(db: Database) -> None:
+    """A version's chunk rows keep their chunks by a trigger on delete instead of a foreign key. A foreign key
+    check on insert reads the chunk's row, a 64 KiB page: 4,106 of them for a 256 MiB version, about 35 ms of
+    each version stored, forked or adopted. The trigger reads the chunk index only, and only when a chunk goes."""
+    for statement in _M004:
+        db.execute(statement)
+
+
+_M004 = (
+    """CREATE TABLE version_chunks_m004 (
+        version_id INTEGER NOT NULL REFERENCES versions (id) ON DELETE CASCADE,
+        chunk_id INTEGER NOT NULL,
+        PRIMARY KEY (version_id, chunk_id)
+    ) WITHOUT ROWID""",
+    "INSERT INTO version_chunks_m004 (version_id, chunk_id) SELECT version_id, chunk_id FROM version_chunks",
+    "DROP TABLE version_chunks",
+    "ALTER TABLE version_chunks_m004 RENAME TO version_chunks",
+    "CREATE INDEX version_chunks_by_chunk ON version_chunks (chunk_id)",
+    """CREATE TRIGGER chunks_in_use BEFORE DELETE ON chunks
+        WHEN EXISTS (SELECT 1 FROM version_chunks WHERE chunk_id = OLD.id)
+        BEGIN SELECT RAISE(ABORT, 'a chunk that a version uses cannot be deleted'); END""",
+)
+
+
 def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with the store's settings."""
     target = str(path) if create else f"file:{urllib.parse.quote(str(path))}?mode=rw"

@@ -68,6 +68,17 @@ def test_versions_and_chunks_are_immutable(store: Store) -> None:
             conn.execute("UPDATE chunks SET data = x'00'")
 
 
+def test_a_chunk_that_a_version_uses_cannot_be_deleted(store: Store) -> None:
+    put(store, "a", 1)
+    refused = pytest.raises(sqlite3.IntegrityError, match="a chunk that a version uses cannot be deleted")
+    with sqlite3.connect(store.path) as conn, refused:
+        conn.execute("DELETE FROM chunks")
+    store.delete_versions("a", [1])
+    store.gc()
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone() == (0,)
+
+
 def test_the_store_uses_wal_large_pages_and_foreign_keys(store: Store) -> None:
     put(store, "a", 1)
     with sqlite3.connect(store.path) as conn:
@@ -180,6 +191,33 @@ def test_a_read_only_store_loads_but_never_writes(store: Store) -> None:
         assert deserialise(reader.load("a").snapshot) == {"x": 1}
         with pytest.raises(CheckpointError, match="read-only"):
             reader.gc()
+
+
+def test_a_store_whose_chunk_rows_had_a_foreign_key_keeps_every_version(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.db"
+    with Store(path) as store:
+        put(store, "a", {"x": 1})
+        put(store, "a", {"x": 2})
+    with sqlite3.connect(path) as conn:  # version_chunks as migrated made it before m004
+        conn.execute("DROP TRIGGER chunks_in_use")
+        conn.execute("ALTER TABLE version_chunks RENAME TO version_chunks_now")
+        conn.execute(
+            "CREATE TABLE version_chunks (version_id INTEGER NOT NULL REFERENCES versions (id) ON DELETE CASCADE, "
+            "chunk_id INTEGER NOT NULL REFERENCES chunks (id), PRIMARY KEY (version_id, chunk_id)) WITHOUT ROWID"
+        )
+        conn.execute("INSERT INTO version_chunks SELECT * FROM version_chunks_now")
+        conn.execute("DROP TABLE version_chunks_now")
+        conn.execute("CREATE INDEX version_chunks_by_chunk ON version_chunks (chunk_id)")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_chunk_use_by_trigger'")
+    with Store(path) as store:
+        assert [load(store, "a", v) for v in (1, 2)] == [{"x": 1}, {"x": 2}]
+        assert store.verify().ok
+        store.delete_versions("a", [1])
+        store.gc()
+        assert load(store, "a", 2) == {"x": 2}
+    refused = pytest.raises(sqlite3.IntegrityError, match="a chunk that a version uses cannot be deleted")
+    with sqlite3.connect(path) as conn, refused:
+        conn.execute("DELETE FROM chunks")
 
 
 def test_a_store_from_a_newer_migrated_is_refused(tmp_path: Path) -> None:
